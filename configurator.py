@@ -1,0 +1,68 @@
+"""
+Settings for every script, nanoGPT style: a script's settings are its module-level globals, and
+
+    python train.py config/shakespeare.py --batch_size=8 --compile=False
+
+first runs the preset file (plain Python assignments), then applies each --key=value. A value must have the
+type of the default it replaces (an int is fine where a float is expected), and an unknown key is refused with
+the list of valid ones, so a typo never silently trains the wrong model.
+"""
+import os
+import sys
+
+
+def configure(settings, argv=None):
+    """Override `settings` (a script's globals()) in place; returns all settings as {key: value}."""
+    argv = sys.argv[1:] if argv is None else argv
+    keys = sorted(k for k, v in settings.items() if not k.startswith("_") and isinstance(v, (bool, int, float, str)))
+    if "-h" in argv or "--help" in argv:
+        print(f"settings (override as --key=value, or put them in a preset file given first):")
+        for k in keys:
+            print(f"  --{k}={settings[k]!r}")
+        sys.exit(0)
+    overrides = {}
+    for arg in argv:
+        if not arg.startswith("--"):
+            if not os.path.isfile(arg):
+                sys.exit(f"error: preset file {arg!r} not found (settings are given as --key=value)")
+            preset = {}
+            exec(open(arg).read(), {}, preset)
+            for key, value in preset.items():
+                if not key.startswith("_"):
+                    overrides[key] = _check(key, value, settings, keys, where=f" in {arg}")
+        else:
+            key, eq, text = arg[2:].partition("=")
+            if not eq:
+                sys.exit(f"error: {arg!r} has no value; write --{key}=VALUE")
+            overrides[key] = _check(key, _parse(key, text, settings, keys), settings, keys)
+    settings.update(overrides)
+    return {k: settings[k] for k in keys}
+
+
+def _parse(key, text, settings, keys):
+    default = settings.get(key)
+    if key not in keys:
+        return text  # _check reports the unknown key
+    if isinstance(default, bool):
+        if text.lower() in ("true", "1", "yes"):
+            return True
+        if text.lower() in ("false", "0", "no"):
+            return False
+        sys.exit(f"error: --{key} expects True or False, got {text!r}")
+    if isinstance(default, (int, float)):
+        try:
+            return int(text) if isinstance(default, int) else float(text)
+        except ValueError:
+            sys.exit(f"error: --{key} expects {type(default).__name__}, got {text!r}")
+    return text
+
+
+def _check(key, value, settings, keys, where=""):
+    if key not in keys:
+        sys.exit(f"error: unknown setting {key!r}{where}; valid settings: {', '.join(keys)}")
+    default = settings[key]
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if type(value) is not type(default):
+        sys.exit(f"error: {key}{where} expects {type(default).__name__}, got {value!r}")
+    return value

@@ -1,0 +1,251 @@
+"""
+The LLaMA-2 architecture in MLX: RMSNorm, rotary embeddings, SwiGLU, grouped-query attention and a KV cache.
+
+Parameter names follow the Hugging Face / mlx-lm llama layout (model.layers.N.self_attn.q_proj, ...) and
+ModelArgs is saved as a Hugging Face style config.json, so a checkpoint folder is already in the form that
+mlx-lm and transformers read. Imported by train.py and generate.py; import it before mlx.core (see below).
+"""
+import ctypes
+import glob
+import importlib.metadata
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, fields
+
+
+def _load_openblas():
+    # The Linux mlx[cpu] wheel links the reference BLAS, ~40x slower than OpenBLAS for fp32 matmuls. Loading
+    # OpenBLAS with RTLD_GLOBAL before mlx.core makes MLX's cblas_sgemm calls resolve to it. macOS uses
+    # Accelerate and has no cmeel-openblas installed, so there this does nothing.
+    if sys.platform != "linux" or "mlx.core" in sys.modules:
+        return
+    try:
+        lib = next(f for f in importlib.metadata.files("cmeel-openblas") if f.name == "libopenblas.so.0")
+        ctypes.CDLL(str(lib.locate()), mode=ctypes.RTLD_GLOBAL)
+    except (importlib.metadata.PackageNotFoundError, StopIteration, TypeError):
+        pass
+    except OSError as e:  # most often the Fortran runtime it links against is missing
+        print(f"warning: OpenBLAS did not load ({e}); matmuls will be ~40x slower. "
+              "Fix: apt-get install libgfortran5", file=sys.stderr)
+
+
+_load_openblas()
+import mlx.core as mx  # noqa: E402
+import mlx.nn as nn  # noqa: E402
+from mlx.utils import tree_flatten, tree_unflatten  # noqa: E402
+
+
+@dataclass
+class ModelArgs:
+    dim: int = 256
+    n_layers: int = 6
+    n_heads: int = 8
+    n_kv_heads: int = 0  # 0 means n_heads (plain multi-head attention); fewer means grouped-query attention
+    vocab_size: int = 4096
+    hidden_dim: int = 0  # 0 means LLaMA's rule: 2/3 of 4*dim, rounded up to multiple_of
+    multiple_of: int = 32
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    max_seq_len: int = 256
+    tie_embeddings: bool = True
+
+    def __post_init__(self):
+        self.n_kv_heads = self.n_kv_heads or self.n_heads
+        if not self.hidden_dim:
+            hidden = int(2 * 4 * self.dim / 3)
+            self.hidden_dim = self.multiple_of * math.ceil(hidden / self.multiple_of)
+        if self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
+            raise ValueError(f"dim ({self.dim}) must divide by n_heads ({self.n_heads}), "
+                             f"and n_heads by n_kv_heads ({self.n_kv_heads})")
+
+    # config.json uses the keys of Hugging Face's LlamaConfig, which mlx-lm's llama loader also reads.
+    def to_config(self):
+        return {
+            "model_type": "llama", "architectures": ["LlamaForCausalLM"],
+            "hidden_size": self.dim, "num_hidden_layers": self.n_layers,
+            "num_attention_heads": self.n_heads, "num_key_value_heads": self.n_kv_heads,
+            "intermediate_size": self.hidden_dim, "vocab_size": self.vocab_size,
+            "rms_norm_eps": self.norm_eps, "rope_theta": self.rope_theta,
+            "max_position_embeddings": self.max_seq_len, "tie_word_embeddings": self.tie_embeddings,
+            "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
+            "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32",
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(dim=config["hidden_size"], n_layers=config["num_hidden_layers"],
+                   n_heads=config["num_attention_heads"],
+                   n_kv_heads=config.get("num_key_value_heads", config["num_attention_heads"]),
+                   hidden_dim=config["intermediate_size"], vocab_size=config["vocab_size"],
+                   norm_eps=config.get("rms_norm_eps", 1e-5), rope_theta=config.get("rope_theta", 10000.0),
+                   max_seq_len=config.get("max_position_embeddings", 2048),
+                   tie_embeddings=config.get("tie_word_embeddings", False))
+
+
+MODEL_ARGS = [f.name for f in fields(ModelArgs)]
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, preallocated to max_seq_len so decoding never copies."""
+
+    def __init__(self, args, batch_size=1, dtype=mx.float32):
+        shape = (batch_size, args.n_kv_heads, args.max_seq_len, args.dim // args.n_heads)
+        self.keys, self.values = mx.zeros(shape, dtype), mx.zeros(shape, dtype)
+        self.offset = 0
+
+    def update(self, k, v):  # k, v: (B, n_kv_heads, L, head_dim)
+        end = self.offset + k.shape[2]
+        self.keys[:, :, self.offset:end] = k
+        self.values[:, :, self.offset:end] = v
+        self.offset = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, args):
+        super().__init__()
+        self.n_heads, self.n_kv_heads = args.n_heads, args.n_kv_heads
+        head_dim = args.dim // args.n_heads
+        self.scale = head_dim ** -0.5
+        self.q_proj = nn.Linear(args.dim, args.n_heads * head_dim, bias=False)
+        self.k_proj = nn.Linear(args.dim, args.n_kv_heads * head_dim, bias=False)
+        self.v_proj = nn.Linear(args.dim, args.n_kv_heads * head_dim, bias=False)
+        self.o_proj = nn.Linear(args.n_heads * head_dim, args.dim, bias=False)
+        # traditional=False rotates the two halves of each head, the Hugging Face layout, so weights load elsewhere.
+        self.rope = nn.RoPE(head_dim, traditional=False, base=args.rope_theta)
+
+    def __call__(self, x, cache=None):
+        B, L, _ = x.shape
+        q = self.q_proj(x).reshape(B, L, self.n_heads, -1).transpose(0, 2, 1, 3)  # (B, n_heads, L, hd)
+        k = self.k_proj(x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)  # (B, n_kv_heads, L, hd)
+        v = self.v_proj(x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        offset = cache.offset if cache is not None else 0
+        q, k = self.rope(q, offset=offset), self.rope(k, offset=offset)
+        if cache is not None:
+            k, v = cache.update(k, v)
+        # "causal" aligns the last query with the last key, so it is also right for a prompt after cached tokens;
+        # a single new token may attend to everything before it.
+        mask = "causal" if L > 1 else None
+        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, args):
+        super().__init__()
+        self.gate_proj = nn.Linear(args.dim, args.hidden_dim, bias=False)
+        self.up_proj = nn.Linear(args.dim, args.hidden_dim, bias=False)
+        self.down_proj = nn.Linear(args.hidden_dim, args.dim, bias=False)
+
+    def __call__(self, x):
+        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, args):
+        super().__init__()
+        self.self_attn = Attention(args)
+        self.mlp = MLP(args)
+        self.input_layernorm = nn.RMSNorm(args.dim, eps=args.norm_eps)
+        self.post_attention_layernorm = nn.RMSNorm(args.dim, eps=args.norm_eps)
+
+    def __call__(self, x, cache=None):
+        h = x + self.self_attn(self.input_layernorm(x), cache)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, args):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = [TransformerBlock(args) for _ in range(args.n_layers)]
+        self.norm = nn.RMSNorm(args.dim, eps=args.norm_eps)
+
+    def __call__(self, tokens, cache=None):
+        h = self.embed_tokens(tokens)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, cache[i] if cache is not None else None)
+        return self.norm(h)
+
+
+class Model(nn.Module):
+    def __init__(self, args):
+        super().__init__()
+        self.args = args
+        self.model = LlamaModel(args)
+        if not args.tie_embeddings:
+            self.lm_head = nn.Linear(args.dim, args.vocab_size, bias=False)
+        self._init_weights()
+
+    def _init_weights(self):
+        # GPT-2 / llama2.c init: N(0, 0.02), and the projections that write into the residual stream scaled down
+        # by sqrt(2 * n_layers) so the stream's variance does not grow with depth.
+        residual_std = 0.02 / math.sqrt(2 * self.args.n_layers)
+        def init(path, p):
+            if path.endswith("norm.weight"):
+                return p
+            std = residual_std if path.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
+            return mx.random.normal(p.shape, scale=std, dtype=p.dtype)
+        self.update(tree_unflatten([(k, init(k, v)) for k, v in tree_flatten(self.parameters())]))
+
+    def __call__(self, tokens, cache=None):  # tokens: (B, L) -> logits (B, L, vocab_size)
+        h = self.model(tokens, cache)
+        if self.args.tie_embeddings:
+            return self.model.embed_tokens.as_linear(h)
+        return self.lm_head(h)
+
+    def make_cache(self, batch_size=1):
+        dtype = self.model.embed_tokens.weight.dtype
+        return [KVCache(self.args, batch_size, dtype) for _ in range(self.args.n_layers)]
+
+    def num_params(self, embedding=True):
+        n = sum(p.size for _, p in tree_flatten(self.parameters()))
+        return n if embedding else n - self.model.embed_tokens.weight.size
+
+    def flops_per_token(self, seq_len):
+        # 6 flops per matmul weight per token (2 forward, 4 backward), the output layer included even when tied,
+        # plus attention's QK^T and AV: 6 * 2 * n_layers * dim * seq_len (PaLM appendix B; nanoGPT's estimate_mfu).
+        a = self.args
+        matmul_weights = self.num_params(embedding=False) + a.vocab_size * a.dim * (1 if a.tie_embeddings else 0)
+        return 6 * matmul_weights + 12 * a.n_layers * a.dim * seq_len
+
+
+def load_model(path):
+    """A checkpoint folder, ours or a Hugging Face llama one (config.json + *.safetensors) -> (Model, config)."""
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        sys.exit(f"error: no checkpoint in {path!r} (config.json missing); train one first: python train.py")
+    with open(config_path) as f:
+        config = json.load(f)
+    if config.get("model_type") != "llama" or config.get("rope_scaling"):
+        sys.exit(f"error: {config_path} is not a plain llama model (model_type={config.get('model_type')!r}, "
+                 f"rope_scaling={config.get('rope_scaling')!r}); only LLaMA-2 style checkpoints load here")
+    model = Model(ModelArgs.from_config(config))
+    weights = {}
+    for file in sorted(glob.glob(os.path.join(path, "*.safetensors"))):
+        if not file.endswith("optimizer.safetensors"):
+            weights.update(mx.load(file))
+    # Older transformers saved RoPE's inverse frequencies; tied models may still carry a copy of lm_head.
+    weights = {k: v.astype(mx.float32) for k, v in weights.items() if "rotary_emb" not in k}
+    if model.args.tie_embeddings:
+        weights.pop("lm_head.weight", None)
+    try:
+        model.load_weights(list(weights.items()))
+    except ValueError as e:
+        sys.exit(f"error: the weights in {path!r} do not fit its config.json: {e}")
+    mx.eval(model.parameters())
+    return model, config
+
+
+def measure_peak_flops(dtype=mx.float32):
+    """The device's matmul throughput in FLOP/s: the denominator of the MFU that train.py and bench.py report."""
+    n = 2048 if mx.default_device() == mx.gpu else 1024
+    a, b = mx.random.normal((n, n)).astype(dtype), mx.random.normal((n, n)).astype(dtype)
+    mx.eval(a @ b)
+    t, iters = time.perf_counter(), 5
+    for _ in range(iters):
+        mx.eval(a @ b)
+    return 2 * n ** 3 * iters / (time.perf_counter() - t)

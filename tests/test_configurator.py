@@ -1,0 +1,63 @@
+"""Settings: --key=value and preset files override a script's globals, with types checked and typos refused."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from configurator import configure
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def defaults():
+    return {"batch_size": 16, "learning_rate": 1e-3, "compile": True, "out_dir": "out", "_private": 1,
+            "np": pytest}
+
+
+def test_overrides_are_parsed_to_the_defaults_types():
+    s = defaults()
+    result = configure(s, ["--batch_size=8", "--learning_rate=3e-4", "--compile=False", "--out_dir=runs/a=b"])
+    assert (s["batch_size"], s["learning_rate"], s["compile"], s["out_dir"]) == (8, 3e-4, False, "runs/a=b")
+    assert result == {"batch_size": 8, "learning_rate": 3e-4, "compile": False, "out_dir": "runs/a=b"}
+    configure(s, ["--learning_rate=1", "--compile=true"])  # an int is fine where a float is expected
+    assert s["learning_rate"] == 1.0 and isinstance(s["learning_rate"], float) and s["compile"] is True
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("--batch_sise=8", "unknown setting 'batch_sise'; valid settings: batch_size, compile, learning_rate, out_dir"),
+    ("--batch_size=8.5", "--batch_size expects int, got '8.5'"),
+    ("--learning_rate=fast", "--learning_rate expects float, got 'fast'"),
+    ("--compile=maybe", "--compile expects True or False, got 'maybe'"),
+    ("--batch_size", "has no value"),
+    ("--_private=2", "unknown setting '_private'"),
+    ("nonexistent.py", "preset file 'nonexistent.py' not found"),
+])
+def test_bad_settings_exit_with_a_message_naming_the_problem(arg, message):
+    s = defaults()
+    with pytest.raises(SystemExit) as e:
+        configure(s, [arg])
+    assert message in str(e.value) and str(e.value).startswith("error: ")
+    assert s == defaults()  # nothing half-applied
+
+
+def test_preset_file_then_command_line(tmp_path):
+    preset = tmp_path / "preset.py"
+    preset.write_text("batch_size = 4\nlearning_rate = 2e-3  # a comment\n")
+    s = defaults()
+    configure(s, [str(preset), "--batch_size=2"])
+    assert (s["batch_size"], s["learning_rate"]) == (2, 2e-3)
+    preset.write_text("batch_size = 'four'\n")
+    with pytest.raises(SystemExit, match="batch_size in .*preset.py expects int, got 'four'"):
+        configure(defaults(), [str(preset)])
+    preset.write_text("bach_size = 4\n")
+    with pytest.raises(SystemExit, match="unknown setting 'bach_size' in"):
+        configure(defaults(), [str(preset)])
+
+
+def test_scripts_refuse_unknown_settings_with_one_line_and_nonzero_exit():
+    for script in ("train.py", "generate.py"):
+        r = subprocess.run([sys.executable, script, "--bogus=1"], cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode != 0
+        assert r.stderr.strip().startswith("error: unknown setting 'bogus'; valid settings:")
+        assert len(r.stderr.strip().splitlines()) == 1

@@ -1,0 +1,142 @@
+"""The model's defining properties, on tiny configs: causality, KV cache = full forward, GQA, RoPE, learning."""
+import ctypes
+import importlib.metadata
+import json
+import sys
+
+import pytest
+
+from model import KVCache, Model, ModelArgs, load_model  # before mlx.core, as in the scripts
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+from mlx.utils import tree_flatten
+
+TINY = dict(dim=32, n_layers=2, n_heads=4, vocab_size=61, max_seq_len=32)
+
+
+def tiny(**kw):
+    mx.random.seed(0)
+    model = Model(ModelArgs(**{**TINY, **kw}))
+    mx.eval(model.parameters())
+    return model
+
+
+def tokens(shape, seed=0):
+    return mx.random.randint(0, TINY["vocab_size"], shape, key=mx.random.key(seed))
+
+
+@pytest.mark.parametrize("kw", [{}, {"n_kv_heads": 2}, {"n_kv_heads": 1, "tie_embeddings": False}])
+def test_changing_a_later_token_never_changes_earlier_logits(kw):
+    model = tiny(**kw)
+    x = tokens((2, 20))
+    for t in (0, 7, 19):
+        y = mx.array(x)
+        y[:, t] = (x[:, t] + 1) % TINY["vocab_size"]
+        a, b = model(x), model(y)
+        assert mx.array_equal(a[:, :t], b[:, :t])
+        assert not mx.allclose(a[:, t:], b[:, t:])  # and the token itself does matter from t on
+
+
+@pytest.mark.parametrize("kw", [{}, {"n_kv_heads": 2}, {"n_kv_heads": 1, "tie_embeddings": False}])
+def test_kv_cache_gives_the_full_forward_logits(kw):
+    model = tiny(**kw)
+    x = tokens((2, 24), seed=1)
+    full = model(x)
+    cache = model.make_cache(batch_size=2)
+    # a prompt, a second chunk after cached tokens (the causal mask must align), then one token at a time
+    parts = [model(x[:, :9], cache), model(x[:, 9:15], cache)]
+    parts += [model(x[:, t:t + 1], cache) for t in range(15, 24)]
+    assert cache[0].offset == 24
+    assert mx.allclose(mx.concatenate(parts, axis=1), full, atol=1e-5)
+
+
+def test_grouped_query_attention_shapes():
+    args = ModelArgs(**{**TINY, "n_kv_heads": 2})
+    model = Model(args)
+    attn = model.model.layers[0].self_attn
+    head_dim = args.dim // args.n_heads
+    assert attn.q_proj.weight.shape == (args.n_heads * head_dim, args.dim)
+    assert attn.k_proj.weight.shape == attn.v_proj.weight.shape == (2 * head_dim, args.dim)
+    cache = model.make_cache(batch_size=3)
+    assert model(tokens((3, 5)), cache).shape == (3, 5, args.vocab_size)
+    assert cache[0].keys.shape == (3, 2, args.max_seq_len, head_dim)
+    with pytest.raises(ValueError, match="n_kv_heads"):
+        ModelArgs(**{**TINY, "n_kv_heads": 3})
+
+
+def test_rope_score_depends_only_on_relative_position():
+    rope = nn.RoPE(16, traditional=False)
+    q, k = mx.random.normal((1, 1, 1, 16)), mx.random.normal((1, 1, 1, 16))
+    def score(m, n):
+        return (rope(q, offset=m) * rope(k, offset=n)).sum().item()
+    assert score(5, 2) == pytest.approx(score(13, 10), rel=1e-4)
+    assert score(5, 2) == pytest.approx(score(3, 0), rel=1e-4)
+    assert score(5, 2) != pytest.approx(score(5, 4), rel=1e-3)
+
+
+def test_hidden_dim_follows_llama_rule_and_params_are_named_like_hugging_face():
+    args = ModelArgs(dim=256, multiple_of=32)
+    assert args.hidden_dim == 704  # 2/3 * 4 * 256 = 682.7, rounded up to a multiple of 32
+    names = {k for k, _ in tree_flatten(tiny(tie_embeddings=False).parameters())}
+    assert {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight",
+            "model.layers.1.self_attn.q_proj.weight", "model.layers.1.mlp.gate_proj.weight",
+            "model.layers.1.post_attention_layernorm.weight"} <= names
+    assert "lm_head.weight" not in {k for k, _ in tree_flatten(tiny().parameters())}
+
+
+def test_a_tiny_model_overfits_one_batch():
+    model = tiny()
+    x = tokens((4, 17), seed=2)
+    opt = optim.AdamW(learning_rate=1e-2)
+    loss_fn = lambda m: nn.losses.cross_entropy(m(x[:, :-1]), x[:, 1:], reduction="mean")  # noqa: E731
+    grad_fn = nn.value_and_grad(model, loss_fn)
+    first = None
+    for _ in range(150):
+        loss, grads = grad_fn(model)
+        opt.update(model, grads)
+        mx.eval(model.parameters(), opt.state, loss)
+        first = first if first is not None else loss.item()
+    assert first > 3.5 and loss.item() < 0.1
+
+
+def test_config_round_trips_and_checkpoint_folder_loads(tmp_path):
+    model = tiny(n_kv_heads=2, tie_embeddings=False)
+    config = model.args.to_config()
+    assert ModelArgs.from_config(config) == model.args
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    mx.save_safetensors(str(tmp_path / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    loaded, _ = load_model(str(tmp_path))
+    x = tokens((1, 8))
+    assert mx.array_equal(loaded(x), model(x))
+
+
+def test_load_model_errors_name_the_problem(tmp_path):
+    with pytest.raises(SystemExit, match="no checkpoint in .*train one first"):
+        load_model(str(tmp_path / "missing"))
+    (tmp_path / "config.json").write_text(json.dumps(tiny().args.to_config()))
+    mx.save_safetensors(str(tmp_path / "model.safetensors"), {"model.norm.weight": mx.ones((32,))})
+    with pytest.raises(SystemExit, match="do not fit its config.json"):
+        load_model(str(tmp_path))
+
+
+def test_flops_per_token_counts_every_matmul_weight_six_times():
+    model = tiny()
+    a = model.args
+    matmul_weights = a.n_layers * (4 * a.dim * a.dim + 3 * a.dim * a.hidden_dim) + a.vocab_size * a.dim
+    attention = 12 * a.n_layers * a.dim * a.max_seq_len
+    assert model.flops_per_token(a.max_seq_len) == pytest.approx(6 * matmul_weights + attention, rel=0.01)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="OpenBLAS is loaded on Linux only")
+def test_matmuls_run_on_openblas_not_the_reference_blas():
+    try:
+        lib = next(f for f in importlib.metadata.files("cmeel-openblas") if f.name == "libopenblas.so.0")
+        openblas = ctypes.CDLL(str(lib.locate()))
+    except (importlib.metadata.PackageNotFoundError, OSError) as e:
+        pytest.skip(f"OpenBLAS not loadable here: {e}")
+    # The symbol that MLX's matmul calls, as the dynamic linker resolves it process-wide, is OpenBLAS's.
+    resolved = ctypes.cast(ctypes.CDLL(None).cblas_sgemm, ctypes.c_void_p).value
+    assert resolved == ctypes.cast(openblas.cblas_sgemm, ctypes.c_void_p).value
+    a = mx.random.normal((64, 64))
+    assert mx.allclose(a @ mx.eye(64), a)

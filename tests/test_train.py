@@ -1,0 +1,174 @@
+"""train.py and generate.py as a user runs them: end to end, exact resume, Ctrl-C, NaN, and every bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from model import load_model
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--dim=32", "--n_layers=2", "--n_heads=4", "--n_kv_heads=2", "--max_seq_len=32", "--batch_size=4",
+        "--eval_iters=2", "--log_interval=1", "--warmup_iters=2", "--learning_rate=3e-3"]
+WORDS = ("the cat sat on a mat while dogs ran far away from home and every bird sang loud songs of joy "
+         "under trees near rivers where fish swim fast").split()
+
+
+def run(script, *args, cwd, ok=True):
+    r = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True,
+                       timeout=300)
+    if ok:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+def error_line(r):
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr  # one line, no traceback
+    return lines[0]
+
+
+def losses(out_dir):
+    records = [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
+    return {r["iter"]: r["loss"] for r in records if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A tiny prepared corpus in its own folder: data/tiny/{train,val}.bin and tokenizer.model."""
+    work = tmp_path_factory.mktemp("work")
+    (work / "corpus").mkdir()
+    for d in range(40):
+        words = [WORDS[(d * 7 + i * i) % len(WORDS)] for i in range(300)]
+        (work / "corpus" / f"doc{d}.txt").write_text(" ".join(words) + f"\n\n  indented line {d}\n")
+    run("prepare.py", "--input=corpus", "--dataset=tiny", "--vocab_size=300", "--val_fraction=0.1", cwd=work)
+    return work
+
+
+def test_prepare_train_generate_end_to_end(work):
+    r = run("train.py", "--dataset=tiny", "--out_dir=e2e", "--max_iters=30", "--eval_interval=15", *TINY, cwd=work)
+    assert "eval 30" in r.stdout and "saved e2e/" in r.stdout
+    out = work / "e2e"
+    assert {"config.json", "model.safetensors", "optimizer.safetensors", "tokenizer.model", "log.jsonl"} <= \
+        {p.name for p in out.iterdir()}
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp")]
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["num_key_value_heads"] == 2 and config["vocab_size"] == 300
+    assert config["train_state"]["iter"] == 30 and config["train_settings"]["max_iters"] == 30
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    train_keys = {"iter", "loss", "lr", "tokens_per_sec", "mfu", "peak_mem_gb"}
+    assert all(train_keys <= r.keys() for r in records if "loss" in r)
+    evals = [r for r in records if "val_loss" in r]
+    assert [r["iter"] for r in evals] == [15, 30] and all(r["val_bpb"] > 0 for r in evals)
+    first, last = records[0]["loss"], losses(out)[30]
+    assert last < first - 1.0  # it learns
+
+    r = run("generate.py", "--out_dir=e2e", "--prompt=the cat", "--temperature=0", "--max_new_tokens=20",
+            "--num_samples=1", cwd=work)
+    assert r.stdout.startswith("the cat") and len(r.stdout) > len("the cat") + 10
+    assert "tokens/s" in r.stderr
+    again = run("generate.py", "--out_dir=e2e", "--prompt=the cat", "--temperature=0", "--max_new_tokens=20",
+                "--num_samples=1", cwd=work)
+    assert again.stdout == r.stdout  # greedy is deterministic
+    long_prompt = " ".join(WORDS * 5)  # far longer than the 32-token context
+    r = run("generate.py", "--out_dir=e2e", f"--prompt={long_prompt}", "--max_new_tokens=40", "--top_k=5",
+            "--num_samples=1", cwd=work)
+    assert "more than the model's context" in r.stderr
+
+
+def test_resume_continues_exactly_where_an_uninterrupted_run_would_be(work):
+    # the same schedule in all three runs: by default it would decay over max_iters, which differs
+    common = ["--dataset=tiny", "--eval_interval=4", "--lr_decay_iters=8", *TINY]
+    run("train.py", "--out_dir=straight", "--max_iters=8", *common, cwd=work)
+    run("train.py", "--out_dir=stopped", "--max_iters=4", *common, cwd=work)
+    r = run("train.py", "--out_dir=stopped", "--max_iters=8", "--init_from=resume", *common, cwd=work)
+    assert "iterations 4 -> 8" in r.stdout
+    assert "max_iters 4 -> 8" in r.stdout  # it says which settings differ from the checkpoint's
+    straight, resumed = losses(work / "straight"), losses(work / "stopped")
+    assert list(resumed) == list(range(1, 9))
+    assert [resumed[i] for i in range(5, 9)] == [straight[i] for i in range(5, 9)]
+    a = (work / "straight" / "model.safetensors").read_bytes()
+    b = (work / "stopped" / "model.safetensors").read_bytes()
+    assert a == b
+
+
+def test_gradient_accumulation_gives_the_losses_of_the_bigger_batch(work):
+    run("train.py", "--dataset=tiny", "--out_dir=big", "--max_iters=3", "--eval_interval=3", *TINY,
+        "--batch_size=8", cwd=work)
+    r = run("train.py", "--dataset=tiny", "--out_dir=accum", "--max_iters=3", "--eval_interval=3", *TINY,
+            "--batch_size=4", "--gradient_accumulation_steps=2", cwd=work)
+    assert "4 x 2 accumulation x 1 processes x 32 tokens = 256 tokens/iter" in r.stdout
+    big, accum = losses(work / "big"), losses(work / "accum")
+    assert list(accum) == [1, 2, 3]
+    assert accum == pytest.approx(big, rel=1e-5)
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes(work):
+    p = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--dataset=tiny", "--out_dir=interrupted",
+                          "--max_iters=100000", "--eval_interval=100000", *TINY],
+                         cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in p.stdout:
+        if line.startswith("iter 3/"):
+            p.send_signal(signal.SIGINT)
+            break
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "interrupted: resume with" in out and "Traceback" not in err
+    saved = json.loads((work / "interrupted" / "config.json").read_text())["train_state"]["iter"]
+    assert saved >= 3
+    r = run("train.py", "--dataset=tiny", "--out_dir=interrupted", f"--max_iters={saved + 2}",
+            "--eval_interval=100000", "--init_from=resume", *TINY, cwd=work)
+    assert f"iterations {saved} -> {saved + 2}" in r.stdout
+
+
+def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(work):
+    run("train.py", "--dataset=tiny", "--out_dir=diverge", "--max_iters=2", "--eval_interval=2", *TINY, cwd=work)
+    r = run("train.py", "--dataset=tiny", "--out_dir=diverge", "--max_iters=50", "--eval_interval=1",
+            "--init_from=resume", *TINY, "--learning_rate=1e30", "--grad_clip=0", "--warmup_iters=0", cwd=work,
+            ok=False)
+    message = error_line(r)
+    assert "the loss became nan" in message and "keeps the last good checkpoint" in message
+    bad_iter = int(message.split("at iteration ")[1].split(";")[0])
+    saved = json.loads((work / "diverge" / "config.json").read_text())["train_state"]["iter"]
+    assert 2 <= saved < bad_iter
+    model, _ = load_model(str(work / "diverge"))
+    assert all(mx.isfinite(p).all().item() for _, p in tree_flatten(model.parameters()))
+
+
+def test_bad_inputs_get_one_line_errors(work, tmp_path):
+    r = run("train.py", "--dataset=nothing", cwd=work, ok=False)
+    assert "not found; run `python prepare.py" in error_line(r)
+    r = run("generate.py", "--out_dir=never_trained", cwd=work, ok=False)
+    assert "no checkpoint in 'never_trained'" in error_line(r)
+    r = run("train.py", "--dataset=tiny", "--max_seq_len=100000", *TINY[:4], cwd=work, ok=False)
+    assert "too few for max_seq_len=100000" in error_line(r)
+    r = run("train.py", "--dataset=tiny", "--max_iters=abc", cwd=work, ok=False)
+    assert "--max_iters expects int, got 'abc'" in error_line(r)
+    r = run("generate.py", "--out_dir=e2e", "--top_p=0", cwd=work, ok=False)
+    assert "top_p=0.0 is out of range" in error_line(r)
+
+    # a token file that is cut short, or that is not a token file at all
+    bad = work / "data" / "bad"
+    bad.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.model", "val.bin"):
+        (bad / name).write_bytes((work / "data" / "tiny" / name).read_bytes())
+    (bad / "train.bin").write_bytes((work / "data" / "tiny" / "train.bin").read_bytes()[:-10])
+    assert "truncated" in error_line(run("train.py", "--dataset=bad", cwd=work, ok=False))
+    (bad / "train.bin").write_bytes(b"not tokens at all" * 100)
+    assert "not a token file" in error_line(run("train.py", "--dataset=bad", cwd=work, ok=False))
+
+    # data made with another tokenizer than the checkpoint's
+    (work / "corpus2").mkdir(exist_ok=True)
+    (work / "corpus2" / "a.txt").write_text("zebra quartz jigsaw " * 400)
+    (work / "corpus2" / "b.txt").write_text("vortex plumb wizard " * 400)
+    run("prepare.py", "--input=corpus2", "--dataset=other", "--vocab_size=290", cwd=work)
+    run("train.py", "--dataset=tiny", "--out_dir=mismatch", "--max_iters=1", "--eval_interval=1", *TINY, cwd=work)
+    r = run("train.py", "--dataset=other", "--out_dir=mismatch", "--init_from=resume", "--max_iters=2", *TINY,
+            cwd=work, ok=False)
+    assert "different tokenizer" in error_line(r)

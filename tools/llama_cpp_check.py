@@ -1,0 +1,91 @@
+"""
+Check that llama.cpp runs a checkpoint as we do: export it to GGUF, load that in llama.cpp (through the
+llama-cpp-python package, which builds llama.cpp from source: ~20-40 minutes on 2 cores, so it is not in
+requirements-dev.txt and this is not a pytest test), then compare tokenization, the logits of a prompt, and
+greedy decoding (temperature 0) against model.py.
+
+Reads out_dir/ (a checkpoint folder); writes only a temporary GGUF file (or uses gguf_path if given).
+Exits 1 if anything differs.
+
+    CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python==0.3.36
+    python tools/llama_cpp_check.py --out_dir=out --prompt="def fibonacci(n):" --max_new_tokens=30
+"""
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from model import load_model  # noqa: E402  before mlx.core: it loads the fast BLAS on Linux
+import mlx.core as mx  # noqa: E402
+import numpy as np  # noqa: E402
+import sentencepiece as spm  # noqa: E402
+
+from configurator import configure  # noqa: E402
+from export import write_gguf  # noqa: E402
+
+# -----------------------------------------------------------------------------
+out_dir = "out"  # the checkpoint folder
+gguf_path = ""  # an existing GGUF file of it; empty exports a fresh one to a temporary folder
+dtype = "float32"  # of the exported GGUF: float32 or float16 (then logits agree less closely)
+prompt = "def fibonacci(n):\n    "
+max_new_tokens = 30
+# -----------------------------------------------------------------------------
+configure(globals())
+try:
+    from llama_cpp import Llama
+except ImportError:
+    sys.exit("error: needs llama-cpp-python, which builds llama.cpp: pip install llama-cpp-python")
+
+tmp = tempfile.TemporaryDirectory()
+if not gguf_path:
+    gguf_path = os.path.join(tmp.name, "model.gguf")
+    write_gguf(out_dir, gguf_path, dtype)
+model, _ = load_model(out_dir)
+sp = spm.SentencePieceProcessor(model_file=os.path.join(out_dir, "tokenizer.model"))
+llm = Llama(model_path=gguf_path, n_ctx=model.args.max_seq_len, logits_all=True, n_threads=2, seed=0,
+            verbose=False)
+failures = []
+
+# 1. tokenizer: llama.cpp's SentencePiece implementation against SentencePiece's
+texts = [prompt, "def f(x):\n    return x + 1\n", "  two  spaces,\ttab\n\n\nnewlines ", " leading",
+         "émoji 😀, 中文 and ünïcödé", "1234567890"]
+for text in texts:
+    ours, theirs = [sp.bos_id()] + sp.encode(text), llm.tokenize(text.encode("utf-8"), add_bos=True)
+    back = llm.detokenize(theirs).decode("utf-8", errors="replace")
+    ok = ours == theirs and back == text
+    print(f"tokenize {text!r}: {'same' if ok else f'DIFFERENT: ours {ours}, llama.cpp {theirs}, {back!r}'}")
+    if not ok:
+        failures.append(f"tokenization of {text!r}")
+
+# 2. logits of the prompt, every position
+ids = [sp.bos_id()] + sp.encode(prompt)
+llm.reset()
+llm.eval(ids)
+theirs = np.array(llm.scores[:len(ids)])
+ours = np.array(model(mx.array([ids]))[0])
+diff, scale = np.abs(theirs - ours).max(), np.abs(ours).max()
+tolerance = (1e-4 if dtype == "float32" else 3e-2) * max(1.0, scale)
+print(f"logits of {len(ids)} prompt tokens: max |difference| {diff:.2e} (largest logit {scale:.2f}, "
+      f"tolerance {tolerance:.1e})")
+if diff > tolerance:
+    failures.append("logits")
+
+# 3. greedy decoding: llama.cpp with its KV cache, ours with the full forward pass each step
+ours = list(ids)
+for _ in range(max_new_tokens):
+    ours.append(model(mx.array([ours]))[0, -1].argmax().item())
+llm.reset()
+theirs = list(ids)
+llm.eval(ids)
+for _ in range(max_new_tokens):
+    theirs.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+    llm.eval([theirs[-1]])
+same = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), len(ours)) - len(ids)
+print(f"greedy, {max_new_tokens} new tokens: {same} agree; ours {ours[len(ids):]}")
+print(f"  llama.cpp {theirs[len(ids):]}")
+print(f"  text: {sp.decode(ours[len(ids):])!r}")
+if same < max_new_tokens:
+    failures.append(f"greedy decoding (from new token {same})")
+
+print(f"llama.cpp {'DIFFERS in ' + ', '.join(failures) if failures else 'agrees'} ({gguf_path}, {dtype})")
+sys.exit(1 if failures else 0)
