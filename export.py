@@ -9,7 +9,7 @@ only llama.cpp needs this script; run it on older checkpoints to add them.
 
     python export.py --out_dir=out                    # out/model.gguf, float32
     python export.py --out_dir=out --dtype=float16 --gguf_path=mini.gguf
-    llama-cli -m out/model.gguf -p "def fibonacci(n):" -n 100 --temp 0
+    llama-completion -m out/model.gguf -p "def fibonacci(n):" -n 100 --temp 0   # llama.cpp; older: llama-cli -no-cnv
 """
 import json
 import os
@@ -42,9 +42,9 @@ def _check_normalization(sp, tool):
     # remove_extra_whitespaces=False, the rule prepare.py trains with (code needs its spaces and symbols as they are).
     probe = "a  b\tﬁ① "
     if sp.normalize(probe).lstrip("▁") != probe.replace(" ", "▁"):
-        sys.exit(f"error: this tokenizer.model normalizes text (normalize({probe!r}) = {sp.normalize(probe)!r}), "
-                 f"which {tool} would not reproduce; train it with normalization_rule_name='identity' and "
-                 f"remove_extra_whitespaces=False")
+        raise ValueError(f"this tokenizer.model normalizes text (normalize({probe!r}) = {sp.normalize(probe)!r}), "
+                         f"which {tool} would not reproduce; train it with normalization_rule_name='identity' and "
+                         f"remove_extra_whitespaces=False")
 
 
 def hf_tokenizer_json(sp):
@@ -93,11 +93,12 @@ def hf_tokenizer_json(sp):
 def write_hf_tokenizer_files(out_dir, tokenizer_model=None, model_max_length=None):
     """Write the files that transformers' AutoTokenizer and mlx-lm read beside tokenizer.model, from the
     SentencePiece model alone (no transformers needed): tokenizer.json, tokenizer_config.json,
-    special_tokens_map.json and generation_config.json. Each is written under a temporary name, then renamed."""
+    special_tokens_map.json and generation_config.json. Each is written under a temporary name, then renamed.
+    Raises ValueError, writing nothing, for a tokenizer those files cannot reproduce."""
     sp = spm.SentencePieceProcessor(model_file=tokenizer_model or os.path.join(out_dir, "tokenizer.model"))
     _check_normalization(sp, "transformers")
     if sp.bos_id() < 0:
-        sys.exit("error: the tokenizer.model has no BOS token (<s>), which the model's text starts with")
+        raise ValueError("the tokenizer.model has no BOS token (<s>), which the model's text starts with")
     special = {"bos_token": sp.id_to_piece(sp.bos_id()), "unk_token": sp.id_to_piece(sp.unk_id())}
     if sp.eos_id() >= 0:
         special["eos_token"] = sp.id_to_piece(sp.eos_id())
@@ -184,7 +185,10 @@ def write_gguf(ckpt_dir, path, dtype="float32"):
     model, config = load_model(ckpt_dir)
     args = model.args
     sp = spm.SentencePieceProcessor(model_file=tokenizer_path)
-    _check_normalization(sp, "llama.cpp")
+    try:
+        _check_normalization(sp, "llama.cpp")
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     if sp.vocab_size() > args.vocab_size:
         sys.exit(f"error: tokenizer.model has {sp.vocab_size()} pieces, the model only {args.vocab_size}")
     params = {k: np.array(v, dtype=np.float32) for k, v in tree_flatten(model.parameters())}
@@ -243,6 +247,9 @@ if __name__ == "__main__":
     write_gguf(out_dir, path, dtype)
     print(f"wrote {path} ({os.path.getsize(path) / 1e6:.1f} MB, {dtype})")
     if hf_files:
-        write_hf_tokenizer_files(out_dir)
+        try:
+            write_hf_tokenizer_files(out_dir)
+        except ValueError as e:
+            sys.exit(f"error: {e}")
         print(f"wrote {out_dir}/tokenizer.json, tokenizer_config.json, special_tokens_map.json, "
               f"generation_config.json")

@@ -162,11 +162,10 @@ def write_atomic(path, data):
 STDLIB_SKIP = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 
 
-def stdlib_files(root=None):
+def stdlib_files():
     """The standard library's modules, sorted: no test suites, installed packages or build configuration."""
-    root = root or sysconfig.get_paths()["stdlib"]
     files = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(sysconfig.get_paths()["stdlib"]):
         dirnames[:] = [d for d in dirnames if d not in STDLIB_SKIP and not d.startswith("config-")]
         files += [os.path.join(dirpath, f) for f in filenames if f.endswith(".py") and not f.startswith("test_")]
     # pydoc_data/topics.py is the help topics as one Python dict; they come as documents of their own below

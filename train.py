@@ -7,7 +7,7 @@ model.safetensors, optimizer.safetensors, tokenizer.model) and out_dir/log.jsonl
     python train.py                                   # the built-in default, ~10 minutes on 2 CPU cores
     python train.py config/shakespeare.py --max_iters=500 --dim=128
     python train.py --init_from=resume --max_iters=4000   # continue out_dir exactly where it stopped
-    mlx.launch -n 2 train.py ...                      # data parallel over processes or machines
+    mlx.launch -n 2 -- python train.py ...            # data parallel: 2 processes here, --hostfile for machines
 """
 import json
 import math
@@ -50,7 +50,7 @@ norm_eps = 1e-5
 # optimizer: AdamW, linear warmup then cosine decay to min_lr
 batch_size = 16
 gradient_accumulation_steps = 1
-max_iters = 1000
+max_iters = 500
 learning_rate = 2e-3
 min_lr = 2e-4
 warmup_iters = 50
@@ -159,6 +159,14 @@ if init_from == "resume":
         sys.exit(f"error: {out_dir}/optimizer.safetensors is from iteration {opt_state[1].get('iter')}, "
                  f"config.json from {start_iter} (a crash while saving?); start again with --init_from=scratch")
     optimizer.state = tree_unflatten(list(opt_state[0].items()))
+if world > 1:
+    # Every process starts from rank 0's weights, optimizer state and iteration (as PyTorch's DDP does), so a stale
+    # out_dir on another machine cannot make the copies drift apart unnoticed. A sum with zeros is exact.
+    from_master = lambda a: mx.distributed.all_sum(a if master else mx.zeros_like(a), group=group)  # noqa: E731
+    model.update(tree_map(from_master, model.parameters()))
+    optimizer.state = tree_map(from_master, optimizer.state)
+    start_iter = from_master(mx.array(start_iter)).item()
+    mx.eval(model.parameters(), optimizer.state)
 state = [model.state, optimizer.state]
 
 
@@ -232,8 +240,8 @@ def on_sigint(*_):  # noqa: E302
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 signal.signal(signal.SIGINT, on_sigint)  # noqa: E305
 
-flops_per_iter = model.flops_per_token(max_seq_len) * tokens_per_iter
-peak = peak_flops or measure_peak_flops(compute_dtype)
+flops_per_iter = model.flops_per_token(max_seq_len) * tokens_per_iter  # the group's, like tokens_per_iter
+peak = mx.distributed.all_sum(mx.array(peak_flops or measure_peak_flops(compute_dtype)), group=group).item()
 if master:
     os.makedirs(out_dir, exist_ok=True)
     log_file = open(os.path.join(out_dir, "log.jsonl"), "a" if init_from == "resume" else "w")
@@ -259,9 +267,11 @@ for it in range(start_iter, max_iters):
     if world > 1:
         grads = nn.average_gradients(grads, group=group)
     grad_norm = update(grads)
-    loss = all_mean(loss)
-    mx.eval(state, loss, grad_norm)
-    loss, done = loss.item(), it + 1
+    # Ctrl-C reaches each process at a different point of its step; they stop together at the first iteration where
+    # any of them has seen it (told in the loss's all-reduce), or one would evaluate while another trains, and hang.
+    loss, stopping = all_mean(mx.stack([loss, mx.array(float(len(stop)))]))
+    mx.eval(state, loss, grad_norm, stopping)
+    loss, stopping, done = loss.item(), stopping.item() > 0, it + 1
     check_finite(loss, done)
     if master and (done % log_interval == 0 or done == max_iters):
         now = time.perf_counter()
@@ -276,7 +286,7 @@ for it in range(start_iter, max_iters):
              "mfu": mfu, "peak_mem_gb": mem},
             f"iter {done}/{max_iters}: loss {loss:.4f}, lr {lr:.2e}, {dt * 1000:.0f} ms/iter, {tps:,.0f} tok/s, "
             f"mfu {mfu:.1%}, peak mem {mem:.2f} GB, {eta / 60:.1f} min left")
-    if done % eval_interval == 0 or done == max_iters or stop:
+    if done % eval_interval == 0 or done == max_iters or stopping:
         losses = evaluate()
         check_finite(losses["val"], done)  # the update may have broken the model: never save that
         best_val_loss = min(best_val_loss, losses["val"])
@@ -289,7 +299,8 @@ for it in range(start_iter, max_iters):
             save_checkpoint(done)
             print(f"saved {out_dir}/ (iteration {done})")
         t_last = time.perf_counter()  # evaluation time is not training time
-    if stop:
+    if stopping:
         if master:
             print(f"interrupted: resume with python train.py --init_from=resume (plus the same settings)")
+        all_mean(mx.array(0.0)).item()  # wait for rank 0's save: mlx.launch kills all once one exits non-zero
         sys.exit(130)

@@ -163,7 +163,7 @@ def test_hf_tokenizer_files_follow_a_llama_style_tokenizer(llama_style_tokenizer
 def test_hf_tokenizer_files_refuse_a_normalizing_tokenizer(corpus, tmp_path):
     spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "tokenizer"), vocab_size=384,
                                    model_type="bpe", byte_fallback=True, num_threads=1, minloglevel=2)
-    with pytest.raises(SystemExit, match="error: this tokenizer.model normalizes text .* normalization_rule_name"):
+    with pytest.raises(ValueError, match="this tokenizer.model normalizes text .* normalization_rule_name"):
         write_hf_tokenizer_files(str(tmp_path))
     assert not (tmp_path / "tokenizer.json").exists()
 

@@ -140,3 +140,13 @@ def test_matmuls_run_on_openblas_not_the_reference_blas():
     assert resolved == ctypes.cast(openblas.cblas_sgemm, ctypes.c_void_p).value
     a = mx.random.normal((64, 64))
     assert mx.allclose(a @ mx.eye(64), a)
+
+
+@pytest.mark.parametrize("L, S", [(200, 200), (130, 150), (65, 65)])
+def test_chunked_attention_equals_plain_causal_attention(L, S):
+    from model import causal_attention
+    q = mx.random.normal((2, 4, L, 16), key=mx.random.key(0))
+    k, v = mx.random.normal((2, 2, S, 16), key=mx.random.key(1)), mx.random.normal((2, 2, S, 16), key=mx.random.key(2))
+    plain = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask="causal")
+    with mx.stream(mx.cpu):
+        assert mx.allclose(causal_attention(q, k, v, 0.25), plain, atol=1e-5)

@@ -76,6 +76,14 @@ def test_prepare_train_generate_end_to_end(work):
     again = run("generate.py", "--out_dir=e2e", "--prompt=the cat", "--temperature=0", "--max_new_tokens=20",
                 "--num_samples=1", cwd=work)
     assert again.stdout == r.stdout  # greedy is deterministic
+    # keeping only the most likely token, by top-k or by a tiny nucleus, is greedy decoding at any temperature
+    for narrow in ("--top_k=1", "--top_p=1e-6"):
+        r = run("generate.py", "--out_dir=e2e", "--prompt=the cat", "--temperature=1.5", narrow,
+                "--max_new_tokens=20", "--num_samples=1", "--seed=7", cwd=work)
+        assert r.stdout == again.stdout
+    r = run("generate.py", "--out_dir=e2e", "--prompt=the cat", "--temperature=0", "--repetition_penalty=5",
+            "--max_new_tokens=20", "--num_samples=1", cwd=work)
+    assert r.stdout != again.stdout  # penalising what was said changes the greedy path
     long_prompt = " ".join(WORDS * 5)  # far longer than the 32-token context
     r = run("generate.py", "--out_dir=e2e", f"--prompt={long_prompt}", "--max_new_tokens=40", "--top_k=5",
             "--num_samples=1", cwd=work)

@@ -1,6 +1,6 @@
 """
 Check that llama.cpp runs a checkpoint as we do: export it to GGUF, load that in llama.cpp (through the
-llama-cpp-python package, which builds llama.cpp from source: ~20-40 minutes on 2 cores, so it is not in
+llama-cpp-python package, which builds llama.cpp from source: ~18 minutes on 2 cores, so it is not in
 requirements-dev.txt and this is not a pytest test), then compare tokenization, the logits of a prompt, and
 greedy decoding (temperature 0) against model.py.
 
@@ -32,7 +32,7 @@ max_new_tokens = 30
 # -----------------------------------------------------------------------------
 configure(globals())
 try:
-    from llama_cpp import Llama
+    import llama_cpp
 except ImportError:
     sys.exit("error: needs llama-cpp-python, which builds llama.cpp: pip install llama-cpp-python")
 
@@ -42,8 +42,10 @@ if not gguf_path:
     write_gguf(out_dir, gguf_path, dtype)
 model, _ = load_model(out_dir)
 sp = spm.SentencePieceProcessor(model_file=os.path.join(out_dir, "tokenizer.model"))
-llm = Llama(model_path=gguf_path, n_ctx=model.args.max_seq_len, logits_all=True, n_threads=2, seed=0,
-            verbose=False)
+# keys and values cached in float32 (llama.cpp's default is float16), so the logits can agree to float32 rounding
+llm = llama_cpp.Llama(model_path=gguf_path, n_ctx=model.args.max_seq_len, logits_all=True, n_threads=2, seed=0,
+                      type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32, verbose=False)
+dummy_prefix = sp.normalize("a").startswith("▁")
 failures = []
 
 # 1. tokenizer: llama.cpp's SentencePiece implementation against SentencePiece's
@@ -51,7 +53,9 @@ texts = [prompt, "def f(x):\n    return x + 1\n", "  two  spaces,\ttab\n\n\nnewl
          "émoji 😀, 中文 and ünïcödé", "1234567890"]
 for text in texts:
     ours, theirs = [sp.bos_id()] + sp.encode(text), llm.tokenize(text.encode("utf-8"), add_bos=True)
-    back = llm.detokenize(theirs).decode("utf-8", errors="replace")
+    # llama-cpp-python drops the space after <s>, which is right for a tokenizer that adds one (Llama's dummy
+    # prefix) and wrong for prepare.py's, so for that one detokenize without the <s>
+    back = llm.detokenize(theirs if dummy_prefix else theirs[1:]).decode("utf-8", errors="replace")
     ok = ours == theirs and back == text
     print(f"tokenize {text!r}: {'same' if ok else f'DIFFERENT: ours {ours}, llama.cpp {theirs}, {back!r}'}")
     if not ok:
@@ -64,13 +68,14 @@ llm.eval(ids)
 theirs = np.array(llm.scores[:len(ids)])
 ours = np.array(model(mx.array([ids]))[0])
 diff, scale = np.abs(theirs - ours).max(), np.abs(ours).max()
-tolerance = (1e-4 if dtype == "float32" else 3e-2) * max(1.0, scale)
+tolerance = (1e-5 if dtype == "float32" else 3e-2) * max(1.0, scale)
 print(f"logits of {len(ids)} prompt tokens: max |difference| {diff:.2e} (largest logit {scale:.2f}, "
       f"tolerance {tolerance:.1e})")
 if diff > tolerance:
     failures.append("logits")
 
 # 3. greedy decoding: llama.cpp with its KV cache, ours with the full forward pass each step
+max_new_tokens = min(max_new_tokens, model.args.max_seq_len - len(ids))  # within the model's context
 ours = list(ids)
 for _ in range(max_new_tokens):
     ours.append(model(mx.array([ours]))[0, -1].argmax().item())

@@ -1,0 +1,210 @@
+"""
+How fast is this machine at each stage? Prints a table and writes bench.json. Not a test: it takes a few minutes
+and wants the whole machine (on Linux, run nothing else meanwhile: OpenBLAS threads collapse under contention).
+
+    python bench.py                      # everything
+    python bench.py --only=train,generate
+
+Measures: the fp32 matmul peak through MLX (the denominator of every MFU here); train.py's own tokens/s, MFU and
+peak memory for the default settings, each config/ preset and the nanoGPT-shaped model; the time split of one
+training step (forward, backward, optimizer; attention, MLP, loss); generation tokens/s for prefill and for
+decoding with and without the KV cache; prepare.py's tokenizing throughput on the built-in corpus.
+"""
+import glob
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from model import Model, ModelArgs, measure_peak_flops  # before mlx.core: it loads the fast BLAS on Linux
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+from mlx.utils import tree_flatten
+
+from configurator import configure
+from prepare import write_tokens
+
+# -----------------------------------------------------------------------------
+only = "peak,train,split,generate,prepare"  # which measurements to run, comma separated
+train_iters = 12  # timed iterations per training run (after the first, which compiles)
+out = "bench.json"
+# -----------------------------------------------------------------------------
+configure(globals())
+here = os.path.dirname(os.path.abspath(__file__))
+results = {"device": str(mx.default_device()), "mlx": mx.__version__}
+
+
+def timed(fn, repeat=5):
+    """Best wall time of fn() over `repeat` runs after one warm-up; fn must return what to mx.eval."""
+    mx.eval(fn())
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        mx.eval(fn())
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def synthetic_data(folder, vocab_size, n_tokens=2_000_000):
+    # Random tokens train at the same speed as real ones; the "tokenizer" only has to match the files' checksum.
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "tokenizer.model"), "wb") as f:
+        f.write(b"bench")
+    sha = hashlib.sha256(b"bench").hexdigest()
+    tokens = np.random.default_rng(0).integers(3, vocab_size, n_tokens)
+    for split in ("train", "val"):
+        write_tokens(os.path.join(folder, f"{split}.bin"), [tokens], vocab_size, 3 * n_tokens, sha)
+
+
+def train_run(name, args, vocab_size):
+    """train.py itself, a few iterations: its log.jsonl has tokens/s, MFU and peak memory."""
+    with tempfile.TemporaryDirectory() as tmp:
+        synthetic_data(os.path.join(tmp, "bench"), vocab_size)
+        n = train_iters + 1
+        cmd = [sys.executable, os.path.join(here, "train.py"), *args, f"--data_dir={tmp}", "--dataset=bench",
+               f"--out_dir={tmp}/out", f"--max_iters={n}", f"--log_interval=1", f"--eval_interval={n + 1}",
+               "--eval_iters=1", f"--peak_flops={results.get('peak_flops', 0.0)}"]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            print(f"{name}: train.py failed: {r.stderr.strip()}", file=sys.stderr)
+            return None
+        logs = [json.loads(line) for line in open(f"{tmp}/out/log.jsonl") if '"loss"' in line]
+        timed_logs = logs[1:]  # the first iteration compiles
+        tps = float(np.median([r["tokens_per_sec"] for r in timed_logs]))
+        mfu = float(np.median([r["mfu"] for r in timed_logs]))
+        params = r.stdout.split("model: ")[1].split("M parameters")[0]
+        return {"name": name, "args": " ".join(args), "params_m": float(params), "tokens_per_sec": tps,
+                "mfu": mfu, "peak_mem_gb": logs[-1]["peak_mem_gb"]}
+
+
+def bench_train():
+    runs = [("default", [], 4096),
+            ("nanoGPT-shaped", ["--dim=256", "--n_layers=6", "--n_heads=8", "--max_seq_len=256",
+                                "--batch_size=16"], 4096)]
+    for preset in sorted(glob.glob(os.path.join(here, "config", "*.py"))):
+        settings = {}
+        exec(open(preset).read(), {}, settings)
+        runs.append((os.path.basename(preset), [preset], settings.get("vocab_size", 4096)))
+    results["train"] = [r for r in (train_run(*run) for run in runs) if r]
+
+
+def bench_split(dim=256, n_layers=4, n_heads=8, seq=128, batch=16, vocab=4096):
+    """Where one step of the default model goes: forward, backward, optimizer; and per component."""
+    mx.random.seed(0)
+    model = Model(ModelArgs(dim=dim, n_layers=n_layers, n_heads=n_heads, vocab_size=vocab, max_seq_len=seq))
+    opt = optim.AdamW(1e-3)
+    x = mx.random.randint(0, vocab, (batch, seq))
+    loss_fn = lambda m, x, y: nn.losses.cross_entropy(m(x), y, reduction="mean")  # noqa: E731
+    grad_fn = nn.value_and_grad(model, loss_fn)
+    _, grads = grad_fn(model, x, x)
+    mx.eval(model.parameters(), grads)
+    split = {"forward": timed(lambda: loss_fn(model, x, x)), "forward+backward": timed(lambda: grad_fn(model, x, x))}
+    split["backward"] = split["forward+backward"] - split["forward"]
+    split["optimizer"] = timed(lambda: opt.apply_gradients(grads, model.parameters()))
+    layer = model.model.layers[0]
+    h = mx.random.normal((batch, seq, dim))
+    logits = mx.random.normal((batch, seq, vocab))
+    per_layer = {
+        "attention (all layers)": lambda: mx.grad(lambda h: layer.self_attn(h).sum())(h),
+        "MLP (all layers)": lambda: mx.grad(lambda h: layer.mlp(h).sum())(h),
+        "norms (all layers)": lambda: mx.grad(lambda h: layer.input_layernorm(h).sum())(h),
+    }
+    for name, fn in per_layer.items():
+        split[name] = timed(fn) * n_layers * (2 if name.startswith("norms") else 1)
+    split["output layer"] = timed(lambda: mx.grad(lambda h: model.model.embed_tokens.as_linear(h).sum())(h))
+    split["loss (softmax over vocab)"] = timed(
+        lambda: mx.grad(lambda l: nn.losses.cross_entropy(l, x, reduction="mean"))(logits))
+    results["split"] = {"shape": f"dim {dim}, {n_layers} layers, {n_heads} heads, batch {batch} x {seq}, "
+                                 f"vocab {vocab}", "seconds": split}
+    # Memory: parameters, gradients and AdamW's two moments (4 copies), plus the activations backward keeps.
+    params = sum(p.nbytes for _, p in tree_flatten(model.parameters()))
+    mx.reset_peak_memory()
+    mx.eval(grad_fn(model, x, x))
+    peak = mx.get_peak_memory()
+    results["memory"] = {"params_mb": params / 1e6, "params_grads_adam_mb": 4 * params / 1e6,
+                         "fwd_bwd_peak_mb": peak / 1e6}
+
+
+def bench_generate(dim=256, n_layers=4, n_heads=8, vocab=4096, context=256, new=128):
+    mx.random.seed(0)
+    model = Model(ModelArgs(dim=dim, n_layers=n_layers, n_heads=n_heads, vocab_size=vocab, max_seq_len=context + new))
+    mx.eval(model.parameters())
+    prompt = mx.random.randint(0, vocab, (1, context))
+
+    def prefill():
+        cache = model.make_cache()
+        return model(prompt, cache), cache
+    t_prefill = timed(lambda: prefill()[0])
+
+    def decode():  # the KV-cache path: one token in, one token out
+        logits, cache = prefill()
+        token = mx.argmax(logits[:, -1], axis=-1, keepdims=True)
+        for _ in range(new):
+            token = mx.argmax(model(token, cache)[:, -1], axis=-1, keepdims=True)
+            mx.async_eval(token)
+        return token
+    t_decode = timed(decode, repeat=2) - t_prefill
+
+    def recompute():  # no cache: the whole 256-token window again for every new token
+        tokens = prompt
+        for _ in range(16):
+            token = mx.argmax(model(tokens[:, -context:])[:, -1], axis=-1, keepdims=True)
+            mx.eval(token)
+            tokens = mx.concatenate([tokens, token], axis=1)
+        return tokens
+    t_recompute = timed(recompute, repeat=2) / 16
+    results["generate"] = {"shape": f"dim {dim}, {n_layers} layers, context {context}",
+                           "prefill_tokens_per_sec": context / t_prefill, "decode_tokens_per_sec": new / t_decode,
+                           "no_cache_tokens_per_sec": 1 / t_recompute,
+                           "cache_speedup": (new / t_decode) * t_recompute}
+
+
+def bench_prepare():
+    with tempfile.TemporaryDirectory() as tmp:
+        r = subprocess.run([sys.executable, os.path.join(here, "prepare.py"), f"--data_dir={tmp}"],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            print(f"prepare.py failed: {r.stderr.strip()}", file=sys.stderr)
+            return
+        meta = json.load(open(os.path.join(tmp, "pystdlib", "meta.json")))
+        mb = sum(s["bytes"] for s in meta["splits"].values()) / 1e6
+        seconds = sum(s["seconds"] for s in meta["splits"].values())
+        results["prepare"] = {"corpus_mb": mb, "tokenize_mb_per_sec": mb / seconds}
+
+
+if "peak" in only:
+    results["peak_flops"] = max(measure_peak_flops() for _ in range(5))
+for name in ("train", "split", "generate", "prepare"):
+    if name in only:
+        globals()[f"bench_{name}"]()
+with open(out, "w") as f:
+    json.dump(results, f, indent=2)
+
+print(f"\n{results['device']}, mlx {results['mlx']}")
+if "peak_flops" in results:
+    print(f"fp32 matmul peak: {results['peak_flops'] / 1e9:.0f} GFLOP/s")
+for r in results.get("train", []):
+    print(f"train {r['name']:<24} {r['params_m']:6.2f}M params {r['tokens_per_sec']:8,.0f} tok/s  "
+          f"MFU {r['mfu']:5.1%}  peak mem {r['peak_mem_gb']:.2f} GB")
+if "split" in results:
+    print(f"one training step ({results['split']['shape']}):")
+    for k, v in results["split"]["seconds"].items():
+        print(f"  {k:<28} {v * 1000:8.1f} ms")
+    m = results["memory"]
+    print(f"memory: params {m['params_mb']:.1f} MB, +grads+AdamW {m['params_grads_adam_mb']:.1f} MB, "
+          f"forward+backward peak {m['fwd_bwd_peak_mb']:.1f} MB")
+if "generate" in results:
+    g = results["generate"]
+    print(f"generate ({g['shape']}): prefill {g['prefill_tokens_per_sec']:,.0f} tok/s, decode with KV cache "
+          f"{g['decode_tokens_per_sec']:,.0f} tok/s, without {g['no_cache_tokens_per_sec']:,.1f} tok/s "
+          f"({g['cache_speedup']:.0f}x)")
+if "prepare" in results:
+    p = results["prepare"]
+    print(f"prepare: {p['corpus_mb']:.1f} MB of text tokenized at {p['tokenize_mb_per_sec']:.1f} MB/s")
+print(f"wrote {out}")
