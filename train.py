@@ -2,7 +2,8 @@
 Train a small LLaMA on the token files that prepare.py wrote.
 
 Reads data/<dataset>/{train,val}.bin and tokenizer.model; writes the checkpoint folder out_dir/ (config.json,
-model.safetensors, optimizer.safetensors, tokenizer.model) and out_dir/log.jsonl.
+model.safetensors, optimizer.safetensors, tokenizer.model, and tokenizer.json & co. for transformers and mlx-lm)
+and out_dir/log.jsonl.
 
     python train.py                                   # the built-in default, ~10 minutes on 2 CPU cores
     python train.py config/shakespeare.py --max_iters=500 --dim=128
@@ -26,6 +27,7 @@ import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from configurator import configure
+from export import write_hf_tokenizer_files
 from prepare import read_tokens
 
 # -----------------------------------------------------------------------------
@@ -217,6 +219,10 @@ def save_checkpoint(it):
     with open(tmp("config.json"), "w") as f:
         json.dump(config, f, indent=2)
     shutil.copyfile(model_tokenizer or data_tokenizer, tmp("tokenizer.model"))
+    try:  # tokenizer.json and friends, so transformers and mlx-lm load the folder as it is
+        write_hf_tokenizer_files(out_dir, tmp("tokenizer.model"), args.max_seq_len)
+    except ValueError as e:  # a tokenizer they would not reproduce; the checkpoint is still whole for us
+        print(f"note: no Hugging Face tokenizer files in {out_dir}/: {e}", file=sys.stderr)
     for name in ("tokenizer.model", "optimizer.safetensors", "model.safetensors", "config.json"):
         os.replace(tmp(name), os.path.join(out_dir, name))
 

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-import model  # noqa: F401  before mlx.core, in this pytest process too: it loads OpenBLAS on Linux
-import mlx.core as mx
+import mlx.core as mx  # after model.py, which conftest.py imports first
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCH = Path(sys.executable).with_name("mlx.launch")  # the venv's, or else the one on PATH
