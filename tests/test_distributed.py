@@ -19,14 +19,14 @@ import pytest
 
 import mlx.core as mx  # after model.py, which conftest.py imports first
 
+from conftest import losses, workspace
+
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCH = Path(sys.executable).with_name("mlx.launch")  # the venv's, or else the one on PATH
 LAUNCH = LAUNCH if LAUNCH.is_file() else Path(shutil.which("mlx.launch") or LAUNCH)
 TINY = ["--dataset=tiny", "--dim=32", "--n_layers=2", "--n_heads=4", "--n_kv_heads=2", "--max_seq_len=32",
         "--eval_iters=2", "--log_interval=1", "--warmup_iters=2", "--learning_rate=3e-3", "--peak_flops=1e12",
         "--eval_interval=4", "--lr_decay_iters=8"]  # the same schedule however long a run is
-WORDS = ("the cat sat on a mat while dogs ran far away from home and every bird sang loud songs of joy "
-         "under trees near rivers where fish swim fast").split()
 ENV = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
 TIMEOUT = 120  # seconds; a rank left waiting in a collective would hang forever without it
 
@@ -101,10 +101,6 @@ def records(out_dir):
     return [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
 
 
-def losses(out_dir):
-    return {r["iter"]: r["loss"] for r in records(out_dir) if "loss" in r}
-
-
 def evals(out_dir):
     return {r["iter"]: (r["train_loss"], r["val_loss"]) for r in records(out_dir) if "val_loss" in r}
 
@@ -117,15 +113,9 @@ def machine(work, name):
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory):
-    """A tiny prepared corpus (data/tiny/) and one uninterrupted single-process run of 8 iterations (straight/)."""
-    work = tmp_path_factory.mktemp("work")
-    (work / "corpus").mkdir()
-    for d in range(40):
-        words = [WORDS[(d * 7 + i * i) % len(WORDS)] for i in range(300)]
-        (work / "corpus" / f"doc{d}.txt").write_text(" ".join(words) + f"\n\n  indented line {d}\n")
-    subprocess.run([sys.executable, str(ROOT / "prepare.py"), "--input=corpus", "--dataset=tiny", "--vocab_size=300",
-                    "--val_fraction=0.1"], cwd=work, check=True, capture_output=True, timeout=TIMEOUT)
+def work(tmp_path_factory, tiny_data):
+    """The tiny prepared corpus and one uninterrupted single-process run of 8 iterations (straight/)."""
+    work = workspace(tmp_path_factory, tiny_data)
     single("--out_dir=straight", "--max_iters=8", cwd=work)
     return work
 

@@ -12,13 +12,11 @@ from model import load_model
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
+from conftest import WORDS, losses, workspace
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--dim=32", "--n_layers=2", "--n_heads=4", "--n_kv_heads=2", "--max_seq_len=32", "--batch_size=4",
         "--eval_iters=2", "--log_interval=1", "--warmup_iters=2", "--learning_rate=3e-3"]
-WORDS = ("the cat sat on a mat while dogs ran far away from home and every bird sang loud songs of joy "
-         "under trees near rivers where fish swim fast").split()
-
-
 def run(script, *args, cwd, ok=True):
     r = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True,
                        timeout=300)
@@ -34,21 +32,9 @@ def error_line(r):
     return lines[0]
 
 
-def losses(out_dir):
-    records = [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
-    return {r["iter"]: r["loss"] for r in records if "loss" in r}
-
-
 @pytest.fixture(scope="module")
-def work(tmp_path_factory):
-    """A tiny prepared corpus in its own folder: data/tiny/{train,val}.bin and tokenizer.model."""
-    work = tmp_path_factory.mktemp("work")
-    (work / "corpus").mkdir()
-    for d in range(40):
-        words = [WORDS[(d * 7 + i * i) % len(WORDS)] for i in range(300)]
-        (work / "corpus" / f"doc{d}.txt").write_text(" ".join(words) + f"\n\n  indented line {d}\n")
-    run("prepare.py", "--input=corpus", "--dataset=tiny", "--vocab_size=300", "--val_fraction=0.1", cwd=work)
-    return work
+def work(tmp_path_factory, tiny_data):
+    return workspace(tmp_path_factory, tiny_data)
 
 
 def test_prepare_train_generate_end_to_end(work):
