@@ -14,6 +14,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,7 @@ import mlx.optimizers as optim
 from mlx.utils import tree_flatten
 
 from configurator import configure
-from prepare import write_tokens
+import prepare
 
 # -----------------------------------------------------------------------------
 only = "peak,train,split,generate,prepare"  # which measurements to run, comma separated
@@ -52,21 +53,24 @@ def timed(fn, repeat=5):
 
 
 def synthetic_data(folder, vocab_size, n_tokens=2_000_000):
-    # Random tokens train at the same speed as real ones; the "tokenizer" only has to match the files' checksum.
+    # Random tokens train at the same speed as real ones; train.py only checks that the tokenizer beside them is
+    # the one their header names, so a small real one stands in whatever the vocabulary size.
     os.makedirs(folder, exist_ok=True)
+    words = [f"w{i} {i * i} {'x' * (i % 7)}" for i in range(2000)]
+    model = prepare.train_tokenizer(words, 280)
     with open(os.path.join(folder, "tokenizer.model"), "wb") as f:
-        f.write(b"bench")
-    sha = hashlib.sha256(b"bench").hexdigest()
+        f.write(model)
     tokens = np.random.default_rng(0).integers(3, vocab_size, n_tokens)
     for split in ("train", "val"):
-        write_tokens(os.path.join(folder, f"{split}.bin"), [tokens], vocab_size, 3 * n_tokens, sha)
+        prepare.write_tokens(os.path.join(folder, f"{split}.bin"), [tokens], vocab_size, 3 * n_tokens,
+                             hashlib.sha256(model).hexdigest())
 
 
-def train_run(name, args, vocab_size):
+def train_run(name, args, vocab_size, iters):
     """train.py itself, a few iterations: its log.jsonl has tokens/s, MFU and peak memory."""
     with tempfile.TemporaryDirectory() as tmp:
         synthetic_data(os.path.join(tmp, "bench"), vocab_size)
-        n = train_iters + 1
+        n = iters + 1
         cmd = [sys.executable, os.path.join(here, "train.py"), *args, f"--data_dir={tmp}", "--dataset=bench",
                f"--out_dir={tmp}/out", f"--max_iters={n}", f"--log_interval=1", f"--eval_interval={n + 1}",
                "--eval_iters=1", f"--peak_flops={results.get('peak_flops', 0.0)}"]
@@ -84,13 +88,13 @@ def train_run(name, args, vocab_size):
 
 
 def bench_train():
-    runs = [("default", [], 4096),
+    runs = [("default", [], 4096, train_iters),
             ("nanoGPT-shaped", ["--dim=256", "--n_layers=6", "--n_heads=8", "--max_seq_len=256",
-                                "--batch_size=16"], 4096)]
+                                "--batch_size=16"], 4096, train_iters)]
     for preset in sorted(glob.glob(os.path.join(here, "config", "*.py"))):
-        settings = {}
-        exec(open(preset).read(), {}, settings)
-        runs.append((os.path.basename(preset), [preset], settings.get("vocab_size", 4096)))
+        # the vocabulary its comment's prepare command asks for; big presets get fewer (slow) iterations
+        vocab = int(re.search(r"--vocab_size=(\d+)", open(preset).read())[1])
+        runs.append((os.path.basename(preset), [preset], vocab, 3 if vocab > 1024 else train_iters))
     results["train"] = [r for r in (train_run(*run) for run in runs) if r]
 
 
@@ -122,13 +126,21 @@ def bench_split(dim=256, n_layers=4, n_heads=8, seq=128, batch=16, vocab=4096):
         lambda: mx.grad(lambda l: nn.losses.cross_entropy(l, x, reduction="mean"))(logits))
     results["split"] = {"shape": f"dim {dim}, {n_layers} layers, {n_heads} heads, batch {batch} x {seq}, "
                                  f"vocab {vocab}", "seconds": split}
-    # Memory: parameters, gradients and AdamW's two moments (4 copies), plus the activations backward keeps.
+    # Memory: parameters, gradients and AdamW's two moments (4 copies), plus what backward must keep per token, in
+    # floats: per layer the two norms' inputs and outputs (4 dim), q, k, v and the attention output (4 dim, at most),
+    # the attention probabilities (n_heads x seq: the CPU path materialises them), and the MLP's gate, up, their
+    # activation and product (4 hidden); then the final norm (dim) and the logits and their softmax (2 vocab).
+    a = model.args
     params = sum(p.nbytes for _, p in tree_flatten(model.parameters()))
+    per_token = a.n_layers * (8 * a.dim + a.n_heads * seq + 4 * a.hidden_dim) + a.dim + 2 * vocab
+    activations = 4 * per_token * batch * seq
     mx.reset_peak_memory()
     mx.eval(grad_fn(model, x, x))
+    opt.update(model, grads)
+    mx.eval(model.parameters(), opt.state)
     peak = mx.get_peak_memory()
-    results["memory"] = {"params_mb": params / 1e6, "params_grads_adam_mb": 4 * params / 1e6,
-                         "fwd_bwd_peak_mb": peak / 1e6}
+    results["memory"] = {"params_grads_adam_mb": 4 * params / 1e6, "activations_mb": activations / 1e6,
+                         "peak_mb": peak / 1e6, "ratio": peak / (4 * params + activations)}
 
 
 def bench_generate(dim=256, n_layers=4, n_heads=8, vocab=4096, context=256, new=128):
@@ -197,8 +209,8 @@ if "split" in results:
     for k, v in results["split"]["seconds"].items():
         print(f"  {k:<28} {v * 1000:8.1f} ms")
     m = results["memory"]
-    print(f"memory: params {m['params_mb']:.1f} MB, +grads+AdamW {m['params_grads_adam_mb']:.1f} MB, "
-          f"forward+backward peak {m['fwd_bwd_peak_mb']:.1f} MB")
+    print(f"memory of a step: peak {m['peak_mb']:.0f} MB = {m['ratio']:.2f}x what it needs: parameters, gradients "
+          f"and AdamW {m['params_grads_adam_mb']:.0f} MB + activations {m['activations_mb']:.0f} MB")
 if "generate" in results:
     g = results["generate"]
     print(f"generate ({g['shape']}): prefill {g['prefill_tokens_per_sec']:,.0f} tok/s, decode with KV cache "

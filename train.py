@@ -221,7 +221,7 @@ def save_checkpoint(it):
     shutil.copyfile(model_tokenizer or data_tokenizer, tmp("tokenizer.model"))
     try:  # tokenizer.json and friends, so transformers and mlx-lm load the folder as it is
         write_hf_tokenizer_files(out_dir, tmp("tokenizer.model"), args.max_seq_len)
-    except ValueError as e:  # a tokenizer they would not reproduce; the checkpoint is still whole for us
+    except (ValueError, RuntimeError) as e:  # a tokenizer they cannot read or reproduce; ours is still whole
         print(f"note: no Hugging Face tokenizer files in {out_dir}/: {e}", file=sys.stderr)
     for name in ("tokenizer.model", "optimizer.safetensors", "model.safetensors", "config.json"):
         os.replace(tmp(name), os.path.join(out_dir, name))
