@@ -37,6 +37,8 @@ train_iters = 12  # timed iterations per training run (after the first, which co
 out = "bench.json"
 # -----------------------------------------------------------------------------
 configure(globals())
+if unknown := set(only.split(",")) - {"peak", "train", "split", "generate", "prepare"}:
+    sys.exit(f"error: --only={only}: unknown {', '.join(sorted(unknown))}; pick from peak,train,split,generate,prepare")
 here = os.path.dirname(os.path.abspath(__file__))
 results = {"device": str(mx.default_device()), "mlx": mx.__version__}
 
@@ -195,8 +197,9 @@ if "peak" in only:
 for name in ("train", "split", "generate", "prepare"):
     if name in only:
         globals()[f"bench_{name}"]()
-with open(out, "w") as f:
+with open(out + ".tmp", "w") as f:
     json.dump(results, f, indent=2)
+os.replace(out + ".tmp", out)
 
 print(f"\n{results['device']}, mlx {results['mlx']}")
 if "peak_flops" in results:

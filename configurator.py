@@ -1,7 +1,7 @@
 """
 Settings for every script, nanoGPT style: a script's settings are its module-level globals, and
 
-    python train.py config/shakespeare.py --batch_size=8 --compile=False
+    python train.py config/tinyshakespeare.py --batch_size=8 --compile=False
 
 first runs the preset file (plain Python assignments), then applies each --key=value. A value must have the
 type of the default it replaces (an int is fine where a float is expected), and an unknown key is refused with
@@ -9,6 +9,7 @@ the list of valid ones, so a typo never silently trains the wrong model.
 """
 import os
 import sys
+import types
 
 
 def configure(settings, argv=None):
@@ -28,7 +29,7 @@ def configure(settings, argv=None):
             preset = {}
             exec(open(arg).read(), {}, preset)
             for key, value in preset.items():
-                if not key.startswith("_"):
+                if not key.startswith("_") and not isinstance(value, types.ModuleType):  # a preset may import math
                     overrides[key] = _check(key, value, settings, keys, where=f" in {arg}")
         else:
             key, eq, text = arg[2:].partition("=")

@@ -85,6 +85,9 @@ prompt_tokens = [sp.bos_id()] + sp.encode(prompt)
 if len(prompt_tokens) >= max_seq_len:
     print(f"note: the prompt has {len(prompt_tokens)} tokens, more than the model's context of {max_seq_len}; "
           f"the model sees its last {max_seq_len // 2}", file=sys.stderr)
+# The sample is decoded together with the prompt, then printed from where the prompt ends: a tokenizer that puts a
+# space in front of a text (Llama 2's) would otherwise lose the space between them.
+prompt_text = sp.decode(prompt_tokens[1:])
 for i in range(num_samples):
     new, shown, t0 = [], 0, time.perf_counter()
     sys.stdout.write(prompt)
@@ -96,12 +99,12 @@ for i in range(num_samples):
             t_first = time.perf_counter()
         # Decoding the whole sample each time keeps SentencePiece's spaces right; an incomplete UTF-8 character
         # (byte fallback) decodes as U+FFFD and waits for its remaining bytes.
-        text = sp.decode(new)
+        text = sp.decode(prompt_tokens[1:] + new)[len(prompt_text):]
         if not text.endswith("\ufffd"):
             sys.stdout.write(text[shown:])
             sys.stdout.flush()
             shown = len(text)
-    sys.stdout.write(sp.decode(new)[shown:] + "\n")
+    sys.stdout.write(sp.decode(prompt_tokens[1:] + new)[len(prompt_text):][shown:] + "\n")
     elapsed = time.perf_counter() - t0
     if new:
         rate = (len(new) - 1) / max(time.perf_counter() - t_first, 1e-9)

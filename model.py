@@ -41,7 +41,7 @@ from mlx.utils import tree_flatten, tree_unflatten  # noqa: E402
 @dataclass
 class ModelArgs:
     dim: int = 256
-    n_layers: int = 6
+    n_layers: int = 4
     n_heads: int = 8
     n_kv_heads: int = 0  # 0 means n_heads (plain multi-head attention); fewer means grouped-query attention
     vocab_size: int = 4096
@@ -49,7 +49,7 @@ class ModelArgs:
     multiple_of: int = 32
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
-    max_seq_len: int = 256
+    max_seq_len: int = 128
     tie_embeddings: bool = True
 
     def __post_init__(self):
@@ -57,7 +57,7 @@ class ModelArgs:
         if not self.hidden_dim:
             hidden = int(2 * 4 * self.dim / 3)
             self.hidden_dim = self.multiple_of * math.ceil(hidden / self.multiple_of)
-        if self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
+        if self.n_heads < 1 or self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
             raise ValueError(f"dim ({self.dim}) must divide by n_heads ({self.n_heads}), "
                              f"and n_heads by n_kv_heads ({self.n_kv_heads})")
 

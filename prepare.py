@@ -419,7 +419,7 @@ def download(url, path, size=None, sha256=None, setting="url"):
                 os.remove(part)
                 continue
             sys.exit(f"error: could not download {url}: HTTP {e.code} {e.reason}; {fix}")
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:  # ValueError: a bad URL
             if not got:
                 sys.exit(f"error: could not download {url}: {getattr(e, 'reason', e)}; {fix}")
         # a cut connection ends the read early, quietly or with an error: resume while it makes progress

@@ -6,8 +6,8 @@ model.safetensors, optimizer.safetensors, tokenizer.model, and tokenizer.json & 
 and out_dir/log.jsonl.
 
     python train.py                                   # the built-in default, ~10 minutes on 2 CPU cores
-    python train.py config/shakespeare.py --max_iters=500 --dim=128
-    python train.py --init_from=resume --max_iters=4000   # continue out_dir exactly where it stopped
+    python train.py config/tinyshakespeare.py --dim=128
+    python train.py --init_from=resume                # continue out_dir exactly where it stopped
     mlx.launch -n 2 -- python train.py ...            # data parallel: 2 processes here, --hostfile for machines
 """
 import json
@@ -20,7 +20,8 @@ import time
 
 import numpy as np
 
-from model import Model, ModelArgs, load_model, measure_peak_flops  # before mlx.core: it loads the fast BLAS on Linux
+# model before mlx.core: it loads the fast BLAS on Linux
+from model import MODEL_ARGS, Model, ModelArgs, load_model, measure_peak_flops
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
@@ -69,6 +70,11 @@ peak_flops = 0.0  # the device's matmul peak for MFU; 0 measures it at start
 # -----------------------------------------------------------------------------
 settings = configure(globals())
 
+for name in ("batch_size", "gradient_accumulation_steps", "max_iters", "eval_interval", "eval_iters", "log_interval",
+             "max_seq_len"):
+    if globals()[name] < 1:
+        sys.exit(f"error: --{name}={globals()[name]} must be at least 1")
+
 group = mx.distributed.init()  # a group of one unless started by mlx.launch
 rank, world = group.rank(), group.size()
 master = rank == 0  # only rank 0 logs, evaluates to the console and writes files
@@ -88,6 +94,9 @@ if init_from == "scratch":
 elif init_from == "resume":
     model, saved = load_model(out_dir)
     model_tokenizer = os.path.join(out_dir, "tokenizer.model")
+    if "train_state" not in saved or not os.path.isfile(os.path.join(out_dir, "optimizer.safetensors")):
+        sys.exit(f"error: {out_dir} is not a checkpoint of train.py (no training state to resume); start from its "
+                 f"weights with --init_from={out_dir} --out_dir=<a new folder>")
     state = saved["train_state"]
     start_iter, best_val_loss = state["iter"], state["best_val_loss"]
     changed = {k: (v, settings[k]) for k, v in saved["train_settings"].items()
@@ -113,9 +122,12 @@ for name, data in (("train", train_data), ("val", val_data)):
                  f"{max_seq_len}; lower --max_seq_len or give prepare.py more text")
 
 if init_from == "scratch":
-    model = Model(ModelArgs(dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
-                            hidden_dim=hidden_dim, vocab_size=train_info["vocab_size"], max_seq_len=max_seq_len,
-                            tie_embeddings=tie_embeddings, rope_theta=rope_theta, norm_eps=norm_eps))
+    try:
+        shape = {k: settings[k] for k in MODEL_ARGS if k in settings}
+        args = ModelArgs(**shape, vocab_size=train_info["vocab_size"])
+    except (ValueError, ZeroDivisionError) as e:
+        sys.exit(f"error: {e}")
+    model = Model(args)
 args = model.args
 if train_info["vocab_size"] > args.vocab_size:
     sys.exit(f"error: the data's vocabulary ({train_info['vocab_size']}) is larger than the model's "
@@ -169,11 +181,17 @@ if world > 1:
     optimizer.state = tree_map(from_master, optimizer.state)
     start_iter = from_master(mx.array(start_iter)).item()
     mx.eval(model.parameters(), optimizer.state)
+if start_iter >= max_iters:
+    sys.exit(f"error: {out_dir} is already at iteration {start_iter}; to train on, raise --max_iters (and "
+             f"--lr_decay_iters, or the learning rate schedule restarts its decay)")
 state = [model.state, optimizer.state]
 
 
+loss_and_grad = nn.value_and_grad(model, loss_fn)
+
+
 def forward_backward(x, y):
-    return nn.value_and_grad(model, loss_fn)(model, x, y)
+    return loss_and_grad(model, x, y)
 
 
 def update(grads):
@@ -304,7 +322,7 @@ for it in range(start_iter, max_iters):
                 f"val ppl {math.exp(losses['val']):.2f}, val {bpb:.3f} bits/byte")
             save_checkpoint(done)
             print(f"saved {out_dir}/ (iteration {done})")
-        t_last = time.perf_counter()  # evaluation time is not training time
+        t_last, it_last = time.perf_counter(), done  # evaluation time is not training time
     if stopping:
         if master:
             print(f"interrupted: resume with python train.py --init_from=resume (plus the same settings)")

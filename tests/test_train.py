@@ -146,6 +146,18 @@ def test_bad_inputs_get_one_line_errors(work, tmp_path):
     assert "--max_iters expects int, got 'abc'" in error_line(r)
     r = run("generate.py", "--out_dir=e2e", "--top_p=0", cwd=work, ok=False)
     assert "top_p=0.0 is out of range" in error_line(r)
+    r = run("train.py", "--dataset=tiny", "--dim=30", "--n_heads=4", cwd=work, ok=False)
+    assert "dim (30) must divide by n_heads (4)" in error_line(r)
+    r = run("train.py", "--dataset=tiny", "--eval_interval=0", cwd=work, ok=False)
+    assert "--eval_interval=0 must be at least 1" in error_line(r)
+    r = run("train.py", "--dataset=tiny", "--out_dir=e2e", "--init_from=resume", "--max_iters=30", *TINY, cwd=work,
+            ok=False)
+    assert "already at iteration 30; to train on, raise --max_iters" in error_line(r)
+    (work / "weights_only").mkdir(exist_ok=True)
+    for name in ("config.json", "model.safetensors", "tokenizer.model"):
+        (work / "weights_only" / name).write_bytes((work / "e2e" / name).read_bytes())
+    r = run("train.py", "--dataset=tiny", "--out_dir=weights_only", "--init_from=resume", *TINY, cwd=work, ok=False)
+    assert "is not a checkpoint of train.py" in error_line(r)
 
     # a token file that is cut short, or that is not a token file at all
     bad = work / "data" / "bad"

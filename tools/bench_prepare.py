@@ -2,7 +2,7 @@
 Throughput and memory of prepare.py on a corpus too big to hold twice: writes a synthetic .jsonl corpus of
 --mb megabytes to a temporary folder, runs `python prepare.py` on it, and reports MB/s and peak RSS.
 
-    python tests/bench_prepare.py --mb=300
+    python tools/bench_prepare.py --mb=300
 
 Not a test (pytest does not collect it): it takes minutes and all cores.
 """
