@@ -20,6 +20,7 @@ import numpy as np
 import sentencepiece as spm
 
 from configurator import configure
+from prepare import write_atomic
 
 # -----------------------------------------------------------------------------
 out_dir = "out"  # the checkpoint folder
@@ -30,10 +31,7 @@ hf_files = True  # also (re)write the Hugging Face tokenizer files in out_dir
 
 
 def _write_json(path, obj):
-    tmp = os.path.join(os.path.dirname(path), ".tmp." + os.path.basename(path))
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False).encode("utf-8"))
 
 
 def _check_normalization(sp, tool):

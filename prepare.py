@@ -152,9 +152,14 @@ def read_tokens(path, tokenizer_path=None):
 
 
 def write_atomic(path, data):
-    with open(path + ".tmp", "wb") as f:
-        f.write(data)
-    os.replace(path + ".tmp", path)
+    """Write bytes through a temporary file and a rename: a crash never leaves a half-written file at path."""
+    try:
+        with open(path + ".tmp", "wb") as f:
+            f.write(data)
+        os.replace(path + ".tmp", path)
+    finally:
+        if os.path.exists(path + ".tmp"):
+            os.remove(path + ".tmp")
 
 
 # ----------------------------------------------------------------------------- documents
