@@ -88,6 +88,12 @@ if len(prompt_tokens) >= max_seq_len:
 # The sample is decoded together with the prompt, then printed from where the prompt ends: a tokenizer that puts a
 # space in front of a text (Llama 2's) would otherwise lose the space between them.
 prompt_text = sp.decode(prompt_tokens[1:])
+
+
+def continuation(new):
+    return sp.decode(prompt_tokens[1:] + new)[len(prompt_text):]
+
+
 for i in range(num_samples):
     new, shown, t0 = [], 0, time.perf_counter()
     sys.stdout.write(prompt)
@@ -99,12 +105,12 @@ for i in range(num_samples):
             t_first = time.perf_counter()
         # Decoding the whole sample each time keeps SentencePiece's spaces right; an incomplete UTF-8 character
         # (byte fallback) decodes as U+FFFD and waits for its remaining bytes.
-        text = sp.decode(prompt_tokens[1:] + new)[len(prompt_text):]
+        text = continuation(new)
         if not text.endswith("\ufffd"):
             sys.stdout.write(text[shown:])
             sys.stdout.flush()
             shown = len(text)
-    sys.stdout.write(sp.decode(prompt_tokens[1:] + new)[len(prompt_text):][shown:] + "\n")
+    sys.stdout.write(continuation(new)[shown:] + "\n")
     elapsed = time.perf_counter() - t0
     if new:
         rate = (len(new) - 1) / max(time.perf_counter() - t_first, 1e-9)

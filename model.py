@@ -81,7 +81,8 @@ class ModelArgs:
                    n_heads=config["num_attention_heads"],
                    n_kv_heads=config.get("num_key_value_heads", config["num_attention_heads"]),
                    hidden_dim=config["intermediate_size"], vocab_size=config["vocab_size"],
-                   norm_eps=config.get("rms_norm_eps", 1e-5), rope_theta=config.get("rope_theta", rope.get("rope_theta", 10000.0)),
+                   norm_eps=config.get("rms_norm_eps", 1e-5),
+                   rope_theta=config.get("rope_theta", rope.get("rope_theta", 10000.0)),
                    max_seq_len=config.get("max_position_embeddings", 2048),
                    tie_embeddings=config.get("tie_word_embeddings", False))
 
