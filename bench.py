@@ -22,7 +22,8 @@ import time
 
 import numpy as np
 
-from model import Model, ModelArgs, measure_peak_flops  # before mlx.core: it loads the fast BLAS on Linux
+# model before mlx.core: it loads the fast BLAS on Linux
+from model import Model, ModelArgs, cross_entropy, measure_peak_flops
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
@@ -106,7 +107,7 @@ def bench_split(dim=256, n_layers=4, n_heads=8, seq=128, batch=16, vocab=4096):
     model = Model(ModelArgs(dim=dim, n_layers=n_layers, n_heads=n_heads, vocab_size=vocab, max_seq_len=seq))
     opt = optim.AdamW(1e-3)
     x = mx.random.randint(0, vocab, (batch, seq))
-    loss_fn = lambda m, x, y: nn.losses.cross_entropy(m(x), y, reduction="mean")  # noqa: E731
+    loss_fn = lambda m, x, y: cross_entropy(m(x), y)  # noqa: E731
     grad_fn = nn.value_and_grad(model, loss_fn)
     _, grads = grad_fn(model, x, x)
     mx.eval(model.parameters(), grads)
@@ -125,7 +126,7 @@ def bench_split(dim=256, n_layers=4, n_heads=8, seq=128, batch=16, vocab=4096):
         split[name] = timed(fn) * n_layers * (2 if name.startswith("norms") else 1)
     split["output layer"] = timed(lambda: mx.grad(lambda h: model.model.embed_tokens.as_linear(h).sum())(h))
     split["loss (softmax over vocab)"] = timed(
-        lambda: mx.grad(lambda l: nn.losses.cross_entropy(l, x, reduction="mean"))(logits))
+        lambda: mx.grad(lambda l: cross_entropy(l, x))(logits))
     results["split"] = {"shape": f"dim {dim}, {n_layers} layers, {n_heads} heads, batch {batch} x {seq}, "
                                  f"vocab {vocab}", "seconds": split}
     # Memory: parameters, gradients and AdamW's two moments (4 copies), plus what backward must keep per token, in

@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 # model before mlx.core: it loads the fast BLAS on Linux
-from model import MODEL_ARGS, Model, ModelArgs, load_model, measure_peak_flops
+from model import MODEL_ARGS, Model, ModelArgs, cross_entropy, load_model, measure_peak_flops
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
@@ -150,8 +150,7 @@ def get_batch(data, it, micro):
 
 
 def loss_fn(model, x, y):
-    logits = model(x).astype(mx.float32)  # (B, T, vocab)
-    return nn.losses.cross_entropy(logits, y, reduction="mean")
+    return cross_entropy(model(x).astype(mx.float32), y)
 
 
 def get_lr(step):  # step: updates done so far, an mx.array inside the optimizer

@@ -142,11 +142,31 @@ def test_matmuls_run_on_openblas_not_the_reference_blas():
     assert mx.allclose(a @ mx.eye(64), a)
 
 
-@pytest.mark.parametrize("L, S", [(200, 200), (130, 150), (65, 65)])
-def test_chunked_attention_equals_plain_causal_attention(L, S):
+@pytest.mark.parametrize("L, S", [(200, 200), (130, 150), (65, 65), (7, 7), (3, 9)])
+def test_cpu_attention_equals_mlx_causal_attention_and_its_gradients(L, S):
     from model import causal_attention
     q = mx.random.normal((2, 4, L, 16), key=mx.random.key(0))
     k, v = mx.random.normal((2, 2, S, 16), key=mx.random.key(1)), mx.random.normal((2, 2, S, 16), key=mx.random.key(2))
-    plain = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask="causal")
+    w = mx.random.normal((2, 4, L, 16), key=mx.random.key(3))  # a random cotangent
+    plain = lambda q, k, v: (mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask="causal") * w).sum()  # noqa: E731
+    ours = lambda q, k, v: (causal_attention(q, k, v, 0.25) * w).sum()  # noqa: E731
     with mx.stream(mx.cpu):
-        assert mx.allclose(causal_attention(q, k, v, 0.25), plain, atol=1e-5)
+        for a, b in zip(mx.value_and_grad(ours, argnums=(0, 1, 2))(q, k, v)[1],
+                        mx.value_and_grad(plain, argnums=(0, 1, 2))(q, k, v)[1]):
+            assert mx.allclose(a, b, atol=1e-5)
+        assert mx.allclose(causal_attention(q, k, v, 0.25),
+                           mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask="causal"), atol=1e-5)
+
+
+def test_cpu_softmax_silu_and_loss_equal_mlx_ones_with_gradients():
+    from model import cross_entropy, silu, softmax
+    x = 8 * mx.random.normal((3, 5, 50), key=mx.random.key(0))
+    y = mx.random.randint(0, 50, (3, 5), key=mx.random.key(1))
+    w = mx.random.normal((3, 5, 50), key=mx.random.key(2))
+    pairs = [(lambda x: (softmax(x) * w).sum(), lambda x: (mx.softmax(x, axis=-1) * w).sum()),
+             (lambda x: (silu(x) * w).sum(), lambda x: (nn.silu(x) * w).sum()),
+             (lambda x: cross_entropy(x, y), lambda x: nn.losses.cross_entropy(x, y, reduction="mean"))]
+    with mx.stream(mx.cpu):
+        for ours, mlx in pairs:
+            (a, da), (b, db) = mx.value_and_grad(ours)(x), mx.value_and_grad(mlx)(x)
+            assert mx.allclose(a, b, rtol=1e-5, atol=1e-5) and mx.allclose(da, db, rtol=1e-4, atol=1e-6)
