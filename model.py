@@ -16,20 +16,30 @@ import time
 from dataclasses import dataclass, fields
 
 
+_openblas = None
+
+
 def _load_openblas():
     # The Linux mlx[cpu] wheel links the reference BLAS, ~40x slower than OpenBLAS for fp32 matmuls. Loading
     # OpenBLAS with RTLD_GLOBAL before mlx.core makes MLX's cblas_sgemm calls resolve to it. macOS uses
     # Accelerate and has no cmeel-openblas installed, so there this does nothing.
+    global _openblas
     if sys.platform != "linux" or "mlx.core" in sys.modules:
         return
     try:
         lib = next(f for f in importlib.metadata.files("cmeel-openblas") if f.name == "libopenblas.so.0")
-        ctypes.CDLL(str(lib.locate()), mode=ctypes.RTLD_GLOBAL)
+        _openblas = ctypes.CDLL(str(lib.locate()), mode=ctypes.RTLD_GLOBAL)
     except (importlib.metadata.PackageNotFoundError, StopIteration, TypeError):
         pass
     except OSError as e:  # most often the Fortran runtime it links against is missing
         print(f"warning: OpenBLAS did not load ({e}); matmuls will be ~40x slower. "
               "Fix: apt-get install libgfortran5", file=sys.stderr)
+
+
+def set_blas_threads(n):
+    """Threads per matmul where OpenBLAS is loaded: train.py's worker threads take one each."""
+    if _openblas is not None:
+        _openblas.openblas_set_num_threads(n)
 
 
 _load_openblas()

@@ -13,15 +13,17 @@ and out_dir/log.jsonl.
 import json
 import math
 import os
+import queue
 import shutil
 import signal
 import sys
+import threading
 import time
 
 import numpy as np
 
 # model before mlx.core: it loads the fast BLAS on Linux
-from model import MODEL_ARGS, Model, ModelArgs, cross_entropy, load_model, measure_peak_flops
+from model import MODEL_ARGS, Model, ModelArgs, cross_entropy, load_model, measure_peak_flops, set_blas_threads
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
@@ -66,6 +68,7 @@ grad_clip = 1.0  # clip the global gradient norm; 0 disables
 seed = 1337
 dtype = "auto"  # "float32", "bfloat16", or "auto": float32 on the CPU, bfloat16 on a GPU
 compile = True  # mx.compile the training step
+threads = 0  # CPU worker threads, each with a share of every batch; 0: one per core on the CPU, 1 on a GPU or mlx.launch
 peak_flops = 0.0  # the device's matmul peak for MFU; 0 measures it at start
 # -----------------------------------------------------------------------------
 settings = configure(globals())
@@ -85,6 +88,11 @@ compute_dtype = {"auto": mx.bfloat16 if on_gpu else mx.float32, "float32": mx.fl
                  "bfloat16": mx.bfloat16}.get(dtype)
 if compute_dtype is None:
     sys.exit(f"error: dtype={dtype!r} is not one of auto, float32, bfloat16")
+if threads == 0:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = 1 if on_gpu or world > 1 else math.gcd(cores, batch_size)
+if threads < 1 or batch_size % threads or (on_gpu and threads > 1):
+    sys.exit(f"error: --threads={threads} must divide --batch_size={batch_size} (and be 1 on a GPU)")
 mx.random.seed(seed)
 
 # the model: new, resumed from out_dir, or loaded from any llama checkpoint folder ------------------------------
@@ -209,6 +217,44 @@ if compile:
     update = mx.compile(update, inputs=state, outputs=state)
 
 
+# MLX runs each elementwise op of a CPU stream on one core; only matmuls use more. So on the CPU each batch is split
+# over `threads` worker threads, each with its own stream (MLX streams belong to the thread that made them) and its
+# own copy of the model's structure holding the same weight arrays, and OpenBLAS gets one core per worker.
+def worker(share, replica, jobs, results):
+    replica_grad = nn.value_and_grad(replica, loss_fn)
+    step = lambda x, y: replica_grad(replica, x, y)  # noqa: E731
+    if compile:
+        step = mx.compile(step, inputs=replica.state, outputs=replica.state)
+    with mx.stream(mx.new_stream(mx.cpu)):
+        for want_grads, x, y in iter(jobs.get, None):
+            try:
+                replica.update(model.parameters())  # the main thread waits meanwhile: its weights are current
+                x, y = x[share::threads], y[share::threads]  # sliced here: this thread cannot run the main one's ops
+                out = step(x, y) if want_grads else loss_fn(replica, x, y)
+                mx.eval(out)
+                results.put(out)
+            except Exception as e:
+                results.put(e)
+
+
+def on_workers(want_grads, x, y):  # -> the batch's mean loss (and its gradients), from the workers' equal shares
+    for jobs, _ in workers:
+        jobs.put((want_grads, x, y))
+    outs = [results.get() for _, results in workers]
+    for out in outs:
+        if isinstance(out, Exception):
+            raise out
+    return tree_map(lambda *shares: sum(shares) / threads, *outs)
+
+
+if threads > 1:
+    workers = [(queue.Queue(), queue.Queue()) for _ in range(threads)]
+    for share, (jobs, results) in enumerate(workers):
+        replica = Model(args)  # made here, as MLX's random state is not for threads; its weights are replaced
+        threading.Thread(target=worker, args=(share, replica, jobs, results), daemon=True).start()
+    forward_backward = lambda x, y: on_workers(True, x, y)  # noqa: E731
+
+
 def all_mean(x):  # mean over the processes of a scalar; a no-op alone
     return mx.distributed.all_sum(x, group=group) / world if world > 1 else x
 
@@ -218,7 +264,11 @@ def evaluate():
     # the model did; each process takes its share and the mean is over all of them.
     out = {}
     for name, data in (("train", train_data), ("val", val_data)):
-        losses = [loss_fn(model, *get_batch(data, (1 << 40) + k, 0)) for k in range(eval_iters)]
+        losses = []
+        for k in range(eval_iters):
+            x, y = get_batch(data, (1 << 40) + k, 0)
+            losses.append(on_workers(False, x, y) if threads > 1 else loss_fn(model, x, y))
+            mx.eval(losses[-1])  # one batch's activations in memory at a time
         out[name] = all_mean(mx.stack(losses).mean()).item()
     return out
 
@@ -265,12 +315,14 @@ signal.signal(signal.SIGINT, on_sigint)  # noqa: E305
 
 flops_per_iter = model.flops_per_token(max_seq_len) * tokens_per_iter  # the group's, like tokens_per_iter
 peak = mx.distributed.all_sum(mx.array(peak_flops or measure_peak_flops(compute_dtype)), group=group).item()
+if threads > 1:
+    set_blas_threads(1)  # after measuring the peak, which is the whole machine's
 if master:
     os.makedirs(out_dir, exist_ok=True)
     log_file = open(os.path.join(out_dir, "log.jsonl"), "a" if init_from == "resume" else "w")
     print(f"model: {model.num_params() / 1e6:.2f}M parameters, {args.n_layers} layers, dim {args.dim}, "
           f"{args.n_heads} heads ({args.n_kv_heads} kv), vocab {args.vocab_size}, {compute_dtype}, "
-          f"{mx.default_device()}")
+          f"{mx.default_device()}" + (f", {threads} threads" if threads > 1 else ""))
     print(f"data: {data_path}: {len(train_data):,} train, {len(val_data):,} val tokens")
     print(f"global batch: {batch_size} x {gradient_accumulation_steps} accumulation x {world} processes x "
           f"{max_seq_len} tokens = {tokens_per_iter:,} tokens/iter; iterations {start_iter} -> {max_iters}")

@@ -103,6 +103,18 @@ def test_gradient_accumulation_gives_the_losses_of_the_bigger_batch(work):
     assert accum == pytest.approx(big, rel=1e-5)
 
 
+def test_worker_threads_give_the_losses_of_one_thread(work):
+    common = ["--dataset=tiny", "--max_iters=3", "--eval_interval=3", *TINY]
+    run("train.py", "--out_dir=one_thread", "--threads=1", *common, cwd=work)
+    r = run("train.py", "--out_dir=four_threads", "--threads=4", *common, cwd=work)
+    assert "4 threads" in r.stdout
+    one, four = losses(work / "one_thread"), losses(work / "four_threads")
+    assert list(four) == [1, 2, 3] and four == pytest.approx(one, rel=1e-5)
+    val = [[json.loads(line)["val_loss"] for line in (work / d / "log.jsonl").read_text().splitlines()
+            if "val_loss" in line] for d in ("one_thread", "four_threads")]
+    assert val[1] == pytest.approx(val[0], rel=1e-5)
+
+
 def test_ctrl_c_saves_a_checkpoint_that_resumes(work):
     p = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--dataset=tiny", "--out_dir=interrupted",
                           "--max_iters=100000", "--eval_interval=100000", *TINY],
@@ -150,6 +162,8 @@ def test_bad_inputs_get_one_line_errors(work, tmp_path):
     assert "dim (30) must divide by n_heads (4)" in error_line(r)
     r = run("train.py", "--dataset=tiny", "--eval_interval=0", cwd=work, ok=False)
     assert "--eval_interval=0 must be at least 1" in error_line(r)
+    r = run("train.py", "--dataset=tiny", "--threads=3", *TINY, cwd=work, ok=False)
+    assert "--threads=3 must divide --batch_size=4" in error_line(r)
     r = run("train.py", "--dataset=tiny", "--out_dir=e2e", "--init_from=resume", "--max_iters=30", *TINY, cwd=work,
             ok=False)
     assert "already at iteration 30; to train on, raise --max_iters" in error_line(r)
