@@ -27,7 +27,6 @@ from model import Model, ModelArgs, cross_entropy, measure_peak_flops
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
-from mlx.utils import tree_flatten
 
 from configurator import configure
 import prepare
@@ -92,6 +91,7 @@ def train_run(name, args, vocab_size, iters):
 
 def bench_train():
     runs = [("default", [], 4096, train_iters),
+            ("default, 1 thread", ["--threads=1"], 4096, train_iters),
             ("nanoGPT-shaped", ["--dim=256", "--n_layers=6", "--n_heads=8", "--max_seq_len=256",
                                 "--batch_size=16"], 4096, train_iters)]
     for preset in sorted(glob.glob(os.path.join(here, "config", "*.py"))):
@@ -129,19 +129,22 @@ def bench_split(dim=256, n_layers=4, n_heads=8, seq=128, batch=16, vocab=4096):
         lambda: mx.grad(lambda l: cross_entropy(l, x))(logits))
     results["split"] = {"shape": f"dim {dim}, {n_layers} layers, {n_heads} heads, batch {batch} x {seq}, "
                                  f"vocab {vocab}", "seconds": split}
-    # Memory: parameters, gradients and AdamW's two moments (4 copies), plus what backward must keep per token, in
-    # floats: per layer the two norms' inputs and outputs (4 dim), q, k, v and the attention output (4 dim, at most),
-    # the attention probabilities (n_heads x seq: the CPU path materialises them), and the MLP's gate, up, their
+
+
+def bench_memory():
+    """train.py's own peak memory on the default settings, against what such a step needs at least."""
+    # Parameters, gradients and AdamW's two moments (4 copies), plus what backward must keep per token, in floats: per
+    # layer the two norms' inputs and outputs (4 dim), q, k, v and the attention output (4 dim, at most), the
+    # attention probabilities (n_heads x seq: the CPU path materialises them), and the MLP's gate, up, their
     # activation and product (4 hidden); then the final norm (dim) and the logits and their softmax (2 vocab).
-    a = model.args
-    params = sum(p.nbytes for _, p in tree_flatten(model.parameters()))
-    per_token = a.n_layers * (8 * a.dim + a.n_heads * seq + 4 * a.hidden_dim) + a.dim + 2 * vocab
-    activations = 4 * per_token * batch * seq
-    mx.reset_peak_memory()
-    mx.eval(grad_fn(model, x, x))
-    opt.update(model, grads)
-    mx.eval(model.parameters(), opt.state)
-    peak = mx.get_peak_memory()
+    default = next((r for r in results.get("train", []) if r["name"] == "default"), None)
+    if default is None:
+        return
+    a, batch = ModelArgs(), 16  # train.py's defaults
+    params = 4 * Model(a).num_params()
+    per_token = a.n_layers * (8 * a.dim + a.n_heads * a.max_seq_len + 4 * a.hidden_dim) + a.dim + 2 * a.vocab_size
+    activations = 4 * per_token * batch * a.max_seq_len
+    peak = default["peak_mem_gb"] * 1e9
     results["memory"] = {"params_grads_adam_mb": 4 * params / 1e6, "activations_mb": activations / 1e6,
                          "peak_mb": peak / 1e6, "ratio": peak / (4 * params + activations)}
 
@@ -198,6 +201,7 @@ if "peak" in only:
 for name in ("train", "split", "generate", "prepare"):
     if name in only:
         globals()[f"bench_{name}"]()
+bench_memory()
 with open(out + ".tmp", "w") as f:
     json.dump(results, f, indent=2)
 os.replace(out + ".tmp", out)
@@ -209,9 +213,10 @@ for r in results.get("train", []):
     print(f"train {r['name']:<24} {r['params_m']:6.2f}M params {r['tokens_per_sec']:8,.0f} tok/s  "
           f"MFU {r['mfu']:5.1%}  peak mem {r['peak_mem_gb']:.2f} GB")
 if "split" in results:
-    print(f"one training step ({results['split']['shape']}):")
+    print(f"one training step, one thread, not compiled ({results['split']['shape']}):")
     for k, v in results["split"]["seconds"].items():
         print(f"  {k:<28} {v * 1000:8.1f} ms")
+if "memory" in results:
     m = results["memory"]
     print(f"memory of a step: peak {m['peak_mb']:.0f} MB = {m['ratio']:.2f}x what it needs: parameters, gradients "
           f"and AdamW {m['params_grads_adam_mb']:.0f} MB + activations {m['activations_mb']:.0f} MB")
