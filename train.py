@@ -68,7 +68,7 @@ grad_clip = 1.0  # clip the global gradient norm; 0 disables
 seed = 1337
 dtype = "auto"  # "float32", "bfloat16", or "auto": float32 on the CPU, bfloat16 on a GPU
 compile = True  # mx.compile the training step
-threads = 0  # CPU worker threads, each with a share of every batch; 0: one per core on the CPU, 1 on a GPU or mlx.launch
+threads = 0  # CPU worker threads sharing each batch; 0: one per core (dividing batch_size), 1 on a GPU or mlx.launch
 peak_flops = 0.0  # the device's matmul peak for MFU; 0 measures it at start
 # -----------------------------------------------------------------------------
 settings = configure(globals())

@@ -148,8 +148,11 @@ def test_cpu_attention_equals_mlx_causal_attention_and_its_gradients(L, S):
     q = mx.random.normal((2, 4, L, 16), key=mx.random.key(0))
     k, v = mx.random.normal((2, 2, S, 16), key=mx.random.key(1)), mx.random.normal((2, 2, S, 16), key=mx.random.key(2))
     w = mx.random.normal((2, 4, L, 16), key=mx.random.key(3))  # a random cotangent
-    plain = lambda q, k, v: (mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask="causal") * w).sum()  # noqa: E731
-    ours = lambda q, k, v: (causal_attention(q, k, v, 0.25) * w).sum()  # noqa: E731
+    def plain(q, k, v):
+        return (mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask="causal") * w).sum()
+
+    def ours(q, k, v):
+        return (causal_attention(q, k, v, 0.25) * w).sum()
     with mx.stream(mx.cpu):
         for a, b in zip(mx.value_and_grad(ours, argnums=(0, 1, 2))(q, k, v)[1],
                         mx.value_and_grad(plain, argnums=(0, 1, 2))(q, k, v)[1]):
