@@ -5,7 +5,7 @@ Reads data/<dataset>/{train,val}.bin and tokenizer.model; writes the checkpoint 
 model.safetensors, optimizer.safetensors, tokenizer.model, and tokenizer.json & co. for transformers and mlx-lm)
 and out_dir/log.jsonl.
 
-    python train.py                                   # the built-in default, ~10 minutes on 2 CPU cores
+    python train.py                                   # the built-in default, ~5 minutes on 2 CPU cores
     python train.py config/tinyshakespeare.py --dim=128
     python train.py --init_from=resume                # continue out_dir exactly where it stopped
     mlx.launch -n 2 -- python train.py ...            # data parallel: 2 processes here, --hostfile for machines
