@@ -141,12 +141,12 @@ def bench_memory():
     if default is None:
         return
     a, batch = ModelArgs(), 16  # train.py's defaults
-    params = 4 * Model(a).num_params()
+    param_bytes = 4 * Model(a).num_params()
     per_token = a.n_layers * (8 * a.dim + a.n_heads * a.max_seq_len + 4 * a.hidden_dim) + a.dim + 2 * a.vocab_size
     activations = 4 * per_token * batch * a.max_seq_len
     peak = default["peak_mem_gb"] * 1e9
-    results["memory"] = {"params_grads_adam_mb": 4 * params / 1e6, "activations_mb": activations / 1e6,
-                         "peak_mb": peak / 1e6, "ratio": peak / (4 * params + activations)}
+    results["memory"] = {"params_grads_adam_mb": 4 * param_bytes / 1e6, "activations_mb": activations / 1e6,
+                         "peak_mb": peak / 1e6, "ratio": peak / (4 * param_bytes + activations)}
 
 
 def bench_generate(dim=256, n_layers=4, n_heads=8, vocab=4096, context=256, new=128):
@@ -213,7 +213,7 @@ for r in results.get("train", []):
     print(f"train {r['name']:<24} {r['params_m']:6.2f}M params {r['tokens_per_sec']:8,.0f} tok/s  "
           f"MFU {r['mfu']:5.1%}  peak mem {r['peak_mem_gb']:.2f} GB")
 if "split" in results:
-    print(f"one training step, one thread, not compiled ({results['split']['shape']}):")
+    print(f"one training step, not compiled, no worker threads ({results['split']['shape']}):")
     for k, v in results["split"]["seconds"].items():
         print(f"  {k:<28} {v * 1000:8.1f} ms")
 if "memory" in results:

@@ -68,7 +68,7 @@ grad_clip = 1.0  # clip the global gradient norm; 0 disables
 seed = 1337
 dtype = "auto"  # "float32", "bfloat16", or "auto": float32 on the CPU, bfloat16 on a GPU
 compile = True  # mx.compile the training step
-threads = 0  # CPU worker threads sharing each batch; 0: one per core (dividing batch_size), 1 on a GPU or mlx.launch
+threads = 0  # CPU worker threads sharing each batch; 0: as many as cores (dividing batch_size), 1 on GPU/mlx.launch
 peak_flops = 0.0  # the device's matmul peak for MFU; 0 measures it at start
 # -----------------------------------------------------------------------------
 settings = configure(globals())
@@ -88,11 +88,14 @@ compute_dtype = {"auto": mx.bfloat16 if on_gpu else mx.float32, "float32": mx.fl
                  "bfloat16": mx.bfloat16}.get(dtype)
 if compute_dtype is None:
     sys.exit(f"error: dtype={dtype!r} is not one of auto, float32, bfloat16")
+cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 if threads == 0:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = 1 if on_gpu or world > 1 else math.gcd(cores, batch_size)
-if threads < 1 or batch_size % threads or (on_gpu and threads > 1):
-    sys.exit(f"error: --threads={threads} must divide --batch_size={batch_size} (and be 1 on a GPU)")
+    threads = 1 if on_gpu or world > 1 else max(n for n in range(1, cores + 1) if batch_size % n == 0)
+settings["threads"] = threads  # as run, so a resume elsewhere says that it splits batches differently
+if threads < 1 or batch_size % threads:
+    sys.exit(f"error: --threads={threads} must divide --batch_size={batch_size}")
+if on_gpu and threads > 1:
+    sys.exit(f"error: --threads={threads} is for the CPU; on a GPU use --threads=1")
 mx.random.seed(seed)
 
 # the model: new, resumed from out_dir, or loaded from any llama checkpoint folder ------------------------------
@@ -233,7 +236,7 @@ def worker(share, replica, jobs, results):
                 out = step(x, y) if want_grads else loss_fn(replica, x, y)
                 mx.eval(out)
                 results.put(out)
-            except Exception as e:
+            except BaseException as e:  # handed to the main thread, which raises it
                 results.put(e)
 
 
@@ -242,7 +245,7 @@ def on_workers(want_grads, x, y):  # -> the batch's mean loss (and its gradients
         jobs.put((want_grads, x, y))
     outs = [results.get() for _, results in workers]
     for out in outs:
-        if isinstance(out, Exception):
+        if isinstance(out, BaseException):
             raise out
     return tree_map(lambda *shares: sum(shares) / threads, *outs)
 
@@ -316,7 +319,7 @@ signal.signal(signal.SIGINT, on_sigint)  # noqa: E305
 flops_per_iter = model.flops_per_token(max_seq_len) * tokens_per_iter  # the group's, like tokens_per_iter
 peak = mx.distributed.all_sum(mx.array(peak_flops or measure_peak_flops(compute_dtype)), group=group).item()
 if threads > 1:
-    set_blas_threads(1)  # after measuring the peak, which is the whole machine's
+    set_blas_threads(max(1, cores // threads))  # after measuring the peak, which is the whole machine's
 if master:
     os.makedirs(out_dir, exist_ok=True)
     log_file = open(os.path.join(out_dir, "log.jsonl"), "a" if init_from == "resume" else "w")

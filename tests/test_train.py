@@ -103,16 +103,16 @@ def test_gradient_accumulation_gives_the_losses_of_the_bigger_batch(work):
     assert accum == pytest.approx(big, rel=1e-5)
 
 
-def test_worker_threads_give_the_losses_of_one_thread(work):
-    common = ["--dataset=tiny", "--max_iters=3", "--eval_interval=3", *TINY]
+def test_worker_threads_give_the_losses_and_gradients_of_one_thread(work):
+    common = ["--dataset=tiny", "--max_iters=3", "--eval_interval=3", *TINY, "--gradient_accumulation_steps=2"]
     run("train.py", "--out_dir=one_thread", "--threads=1", *common, cwd=work)
     r = run("train.py", "--out_dir=four_threads", "--threads=4", *common, cwd=work)
     assert "4 threads" in r.stdout
-    one, four = losses(work / "one_thread"), losses(work / "four_threads")
-    assert list(four) == [1, 2, 3] and four == pytest.approx(one, rel=1e-5)
-    val = [[json.loads(line)["val_loss"] for line in (work / d / "log.jsonl").read_text().splitlines()
-            if "val_loss" in line] for d in ("one_thread", "four_threads")]
-    assert val[1] == pytest.approx(val[0], rel=1e-5)
+    records = [[json.loads(line) for line in (work / d / "log.jsonl").read_text().splitlines()]
+               for d in ("one_thread", "four_threads")]
+    for key in ("loss", "grad_norm", "val_loss"):
+        one, four = ([r[key] for r in run_records if key in r] for run_records in records)
+        assert len(four) == (1 if key == "val_loss" else 3) and four == pytest.approx(one, rel=1e-5), key
 
 
 def test_ctrl_c_saves_a_checkpoint_that_resumes(work):
