@@ -37,7 +37,7 @@ def _load_openblas():
 
 
 def set_blas_threads(n):
-    """Threads per matmul where OpenBLAS is loaded: train.py's worker threads take one each."""
+    """Threads per matmul where OpenBLAS is loaded: train.py's worker threads share the cores."""
     if _openblas is not None:
         _openblas.openblas_set_num_threads(n)
 

@@ -222,7 +222,7 @@ if compile:
 
 # MLX runs each elementwise op of a CPU stream on one core; only matmuls use more. So on the CPU each batch is split
 # over `threads` worker threads, each with its own stream (MLX streams belong to the thread that made them) and its
-# own copy of the model's structure holding the same weight arrays, and OpenBLAS gets one core per worker.
+# own copy of the model's structure holding the same weight arrays; OpenBLAS splits the cores between the workers.
 def worker(share, replica, jobs, results):
     replica_grad = nn.value_and_grad(replica, loss_fn)
     step = lambda x, y: replica_grad(replica, x, y)  # noqa: E731
