@@ -14,7 +14,6 @@ import glob
 import hashlib
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -22,14 +21,14 @@ import time
 
 import numpy as np
 
-# model before mlx.core: it loads the fast BLAS on Linux
-from model import Model, ModelArgs, cross_entropy, measure_peak_flops
+from model import Model, ModelArgs, cross_entropy, measure_peak_flops  # first: model.py loads cpu.py
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 
+import corpus
+import files
 from configurator import configure
-import prepare
 
 # -----------------------------------------------------------------------------
 only = "peak,train,split,generate,prepare"  # which measurements to run, comma separated
@@ -59,12 +58,12 @@ def synthetic_data(folder, vocab_size, n_tokens=2_000_000):
     # the one their header names, so a small real one stands in whatever the vocabulary size.
     os.makedirs(folder, exist_ok=True)
     words = [f"w{i} {i * i} {'x' * (i % 7)}" for i in range(2000)]
-    model = prepare.train_tokenizer(words, 280)
+    model = corpus.train_tokenizer(words, 280)
     with open(os.path.join(folder, "tokenizer.model"), "wb") as f:
         f.write(model)
     tokens = np.random.default_rng(0).integers(3, vocab_size, n_tokens)
     for split in ("train", "val"):
-        prepare.write_tokens(os.path.join(folder, f"{split}.bin"), [tokens], vocab_size, 3 * n_tokens,
+        files.write_tokens(os.path.join(folder, f"{split}.bin"), [tokens], vocab_size, 3 * n_tokens,
                              hashlib.sha256(model).hexdigest())
 
 
@@ -95,8 +94,10 @@ def bench_train():
             ("nanoGPT-shaped", ["--dim=256", "--n_layers=6", "--n_heads=8", "--max_seq_len=256",
                                 "--batch_size=16"], 4096, train_iters)]
     for preset in sorted(glob.glob(os.path.join(here, "config", "*.py"))):
-        # the vocabulary its comment's prepare command asks for; big presets get fewer (slow) iterations
-        vocab = int(re.search(r"--vocab_size=(\d+)", open(preset).read())[1])
+        # the vocabulary prepare.py gives its dataset; big presets get fewer (slow) iterations
+        settings = {}
+        exec(open(preset).read(), {}, settings)
+        vocab = corpus.VOCAB_SIZES[settings["dataset"]]
         runs.append((os.path.basename(preset), [preset], vocab, 3 if vocab > 1024 else train_iters))
     results["train"] = [r for r in (train_run(*run) for run in runs) if r]
 
@@ -107,7 +108,7 @@ def bench_split(dim=256, n_layers=4, n_heads=8, seq=128, batch=16, vocab=4096):
     model = Model(ModelArgs(dim=dim, n_layers=n_layers, n_heads=n_heads, vocab_size=vocab, max_seq_len=seq))
     opt = optim.AdamW(1e-3)
     x = mx.random.randint(0, vocab, (batch, seq))
-    loss_fn = lambda m, x, y: cross_entropy(m(x), y)  # noqa: E731
+    loss_fn = lambda m, x, y: cross_entropy(m(x), y).mean()  # noqa: E731
     grad_fn = nn.value_and_grad(model, loss_fn)
     _, grads = grad_fn(model, x, x)
     mx.eval(model.parameters(), grads)
@@ -126,7 +127,7 @@ def bench_split(dim=256, n_layers=4, n_heads=8, seq=128, batch=16, vocab=4096):
         split[name] = timed(fn) * n_layers * (2 if name.startswith("norms") else 1)
     split["output layer"] = timed(lambda: mx.grad(lambda h: model.model.embed_tokens.as_linear(h).sum())(h))
     split["loss (softmax over vocab)"] = timed(
-        lambda: mx.grad(lambda l: cross_entropy(l, x))(logits))
+        lambda: mx.grad(lambda l: cross_entropy(l, x).mean())(logits))
     results["split"] = {"shape": f"dim {dim}, {n_layers} layers, {n_heads} heads, batch {batch} x {seq}, "
                                  f"vocab {vocab}", "seconds": split}
 

@@ -3,17 +3,21 @@ Settings for every script, nanoGPT style: a script's settings are its module-lev
 
     python train.py config/tinyshakespeare.py --batch_size=8 --compile=False
 
-first runs the preset file (plain Python assignments), then applies each --key=value. A value must have the
-type of the default it replaces (an int is fine where a float is expected), and an unknown key is refused with
-the list of valid ones, so a typo never silently trains the wrong model.
+first runs the preset file (plain Python assignments), then applies each --key=value, and prints each change as
+"Overriding: key = value". A value must have the type of the default it replaces (an int is fine where a float is
+expected), and an unknown key is refused with the list of valid ones, so a typo never silently trains the wrong model.
 """
 import os
 import sys
+import traceback
 import types
 
 
-def configure(settings, argv=None):
-    """Override `settings` (a script's globals()) in place; returns all settings as {key: value}."""
+def configure(settings, argv=None, echo=sys.stdout):
+    """Override `settings` (a script's globals()) in place; returns all settings as {key: value}.
+
+    Each override is printed to `echo`: stdout, stderr where stdout is for the output (generate.py), None for
+    silence (train.py's ranks after the first)."""
     argv = sys.argv[1:] if argv is None else argv
     keys = sorted(k for k, v in settings.items() if not k.startswith("_") and isinstance(v, (bool, int, float, str)))
     if "-h" in argv or "--help" in argv:
@@ -26,8 +30,7 @@ def configure(settings, argv=None):
         if not arg.startswith("--"):
             if not os.path.isfile(arg):
                 sys.exit(f"error: preset file {arg!r} not found (settings are given as --key=value)")
-            preset = {}
-            exec(open(arg).read(), {}, preset)
+            preset = _run_preset(arg)
             for key, value in preset.items():
                 if not key.startswith("_") and not isinstance(value, types.ModuleType):  # a preset may import math
                     overrides[key] = _check(key, value, settings, keys, where=f" in {arg}")
@@ -37,7 +40,26 @@ def configure(settings, argv=None):
                 sys.exit(f"error: {arg!r} has no value; write --{key}=VALUE")
             overrides[key] = _check(key, _parse(key, text, settings, keys), settings, keys)
     settings.update(overrides)
+    for key, value in overrides.items():
+        if echo:
+            print(f"Overriding: {key} = {value!r}", file=echo)
     return {k: settings[k] for k in keys}
+
+
+def _run_preset(path):
+    """The assignments of a preset file, or a one-line exit naming the file and line that failed."""
+    with open(path, encoding="utf-8") as f:
+        source = f.read()
+    preset = {}
+    try:
+        exec(compile(source, path, "exec"), {}, preset)
+    except SyntaxError as e:
+        sys.exit(f"error: preset file {path}, line {e.lineno}: {e.msg}; a preset holds plain assignments such as "
+                 f"batch_size = 8")
+    except Exception as e:
+        line = next((t.lineno for t in reversed(traceback.extract_tb(e.__traceback__)) if t.filename == path), "?")
+        sys.exit(f"error: preset file {path}, line {line}: {type(e).__name__}: {e}")
+    return preset
 
 
 def _parse(key, text, settings, keys):

@@ -10,7 +10,7 @@ import os
 import sys
 import time
 
-from model import load_model  # before mlx.core: it loads the fast BLAS on Linux
+from model import load_model  # first: model.py loads cpu.py, which must come before mlx.core
 import mlx.core as mx
 import sentencepiece as spm
 
@@ -27,7 +27,7 @@ top_p = 0.95  # keep the smallest set of tokens whose probability reaches p (nuc
 repetition_penalty = 1.0  # > 1 makes tokens already in the context less likely (CTRL's rule); 1 is off
 seed = 1337
 # -----------------------------------------------------------------------------
-configure(globals())
+configure(globals(), echo=sys.stderr)
 if prompt.startswith("FILE:"):
     if not os.path.isfile(prompt[5:]):
         sys.exit(f"error: prompt file {prompt[5:]!r} not found")

@@ -3,49 +3,27 @@ The LLaMA-2 architecture in MLX: RMSNorm, rotary embeddings, SwiGLU, grouped-que
 
 Parameter names follow the Hugging Face / mlx-lm llama layout (model.layers.N.self_attn.q_proj, ...) and
 ModelArgs is saved as a Hugging Face style config.json, so a checkpoint folder is already in the form that
-mlx-lm and transformers read. Imported by train.py and generate.py; import it before mlx.core (see below).
+mlx-lm and transformers read. Imported by train.py and generate.py, before mlx.core (it imports cpu.py first).
 """
-import ctypes
 import glob
-import importlib.metadata
-import json
 import math
 import os
 import sys
 import time
 from dataclasses import dataclass, fields
 
+import cpu  # first: on Linux it loads OpenBLAS, which must happen before mlx.core is imported
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_unflatten
 
-_openblas = None
+import files
 
-
-def _load_openblas():
-    # The Linux mlx[cpu] wheel links the reference BLAS, ~40x slower than OpenBLAS for fp32 matmuls. Loading
-    # OpenBLAS with RTLD_GLOBAL before mlx.core makes MLX's cblas_sgemm calls resolve to it. macOS uses
-    # Accelerate and has no cmeel-openblas installed, so there this does nothing.
-    global _openblas
-    if sys.platform != "linux" or "mlx.core" in sys.modules:
-        return
-    try:
-        lib = next(f for f in importlib.metadata.files("cmeel-openblas") if f.name == "libopenblas.so.0")
-        _openblas = ctypes.CDLL(str(lib.locate()), mode=ctypes.RTLD_GLOBAL)
-    except (importlib.metadata.PackageNotFoundError, StopIteration, TypeError):
-        pass
-    except OSError as e:  # most often the Fortran runtime it links against is missing
-        print(f"warning: OpenBLAS did not load ({e}); matmuls will be ~40x slower. "
-              "Fix: apt-get install libgfortran5", file=sys.stderr)
-
-
-def set_blas_threads(n):
-    """Threads per matmul where OpenBLAS is loaded: train.py's worker threads share the cores."""
-    if _openblas is not None:
-        _openblas.openblas_set_num_threads(n)
-
-
-_load_openblas()
-import mlx.core as mx  # noqa: E402
-import mlx.nn as nn  # noqa: E402
-from mlx.utils import tree_flatten, tree_unflatten  # noqa: E402
+# MLX's fused kernels. On the CPU, where MLX runs them unfused on one thread, cpu.py's versions of the same functions
+# are faster; they give the same values and gradients (tests/test_cpu.py).
+attention = cpu.attention if cpu.ON_CPU else mx.fast.scaled_dot_product_attention
+silu = cpu.silu if cpu.ON_CPU else nn.silu
+cross_entropy = cpu.cross_entropy if cpu.ON_CPU else nn.losses.cross_entropy  # (..., vocab) -> each token's loss
 
 
 @dataclass
@@ -138,65 +116,8 @@ class Attention(nn.Module):
         q, k = self.rope(q, offset=offset), self.rope(k, offset=offset)
         if cache is not None:
             k, v = cache.update(k, v)
-        out = causal_attention(q, k, v, self.scale)
+        out = attention(q, k, v, scale=self.scale, mask="causal" if L > 1 else None)  # query i sees keys up to it
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
-
-
-# On the CPU, MLX's exp is about 3x slower than its pow (14.6 vs ~5 ns per element here), and the exps in softmax,
-# SiLU and the loss were much of a training step. So on the CPU those below take e^x as 2^(x log2 e), which made a
-# default step 1.4x faster; on a GPU they are MLX's fused kernels.
-LOG2E = math.log2(math.e)
-CHUNK = 64  # queries per block of the CPU attention
-
-
-def on_cpu():
-    return mx.default_device() == mx.cpu
-
-
-def exp(x):
-    return mx.power(2.0, x * LOG2E)
-
-
-@mx.custom_function
-def softmax(x):  # over the last axis
-    e = exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-@softmax.vjp
-def softmax_vjp(primals, cotangent, p):  # from the saved probabilities: no exp in the backward pass
-    return p * (cotangent - (cotangent * p).sum(axis=-1, keepdims=True))
-
-
-def silu(x):  # x * sigmoid(x); the cap keeps e^-x finite, or its gradient would be 0 * inf = nan for x < -88
-    return x / (1 + exp(mx.minimum(-x, 80.0))) if on_cpu() else nn.silu(x)
-
-
-def cross_entropy(logits, targets):  # logits (B, T, vocab), targets (B, T) -> mean loss per token
-    if not on_cpu():
-        return nn.losses.cross_entropy(logits, targets, reduction="mean")
-    m = mx.stop_gradient(logits.max(axis=-1, keepdims=True))  # for range only: logsumexp does not depend on it
-    logsumexp = mx.log(exp(logits - m).sum(axis=-1)) + m.squeeze(-1)
-    return (logsumexp - mx.take_along_axis(logits, targets[..., None], axis=-1).squeeze(-1)).mean()
-
-
-def causal_attention(q, k, v, scale):  # q: (B, n_heads, L, hd); k, v: (B, n_kv_heads, S, hd), S >= L
-    # Query i sits at position S - L + i, after any cached tokens, and sees the keys up to it.
-    B, n_heads, L, hd = q.shape
-    S, n_kv_heads = k.shape[2], k.shape[1]
-    if L == 1 or not on_cpu():
-        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal" if L > 1 else None)
-    # On the CPU MLX's attention is not fused: it computes every score, then masks half away. Taking CHUNK queries at
-    # a time against only the keys they can see skips most of that half.
-    q = (q * scale).reshape(B, n_kv_heads, n_heads // n_kv_heads, L, hd)  # query heads grouped by their kv head
-    k, v = k[:, :, None], v[:, :, None]  # (B, n_kv_heads, 1, S, hd)
-    out = []
-    for i in range(0, L, CHUNK):
-        seen = S - L + min(i + CHUNK, L)  # keys visible to the last query of the block
-        scores = q[:, :, :, i:i + CHUNK] @ k[:, :, :, :seen].swapaxes(-1, -2)  # (B, n_kv, group, CHUNK, seen)
-        visible = mx.arange(S - L + i, S - L + i + scores.shape[-2])[:, None] >= mx.arange(seen)
-        out.append(softmax(mx.where(visible, scores, -mx.inf)) @ v[:, :, :, :seen])
-    return mx.concatenate(out, axis=3).reshape(B, n_heads, L, hd)
 
 
 class MLP(nn.Module):
@@ -278,31 +199,42 @@ class Model(nn.Module):
         matmul_weights = self.num_params(embedding=False) + a.vocab_size * a.dim * (1 if a.tie_embeddings else 0)
         return 6 * matmul_weights + 12 * a.n_layers * a.dim * seq_len
 
+    def sanitize(self, weights):
+        """Foreign checkpoints' extras out, as in mlx-lm: RoPE's inverse frequencies (older transformers saved
+        them), and a tied model's copy of lm_head."""
+        weights = {k: v for k, v in weights.items() if "rotary_emb" not in k}
+        if self.args.tie_embeddings:
+            weights.pop("lm_head.weight", None)
+        return weights
+
 
 def load_model(path):
-    """A checkpoint folder, ours or a Hugging Face llama one (config.json + *.safetensors) -> (Model, config)."""
+    """A checkpoint folder, ours or a Hugging Face llama one (config.json + model*.safetensors) -> (Model, config)."""
+    config = files.read_config(path)
     config_path = os.path.join(path, "config.json")
-    if not os.path.isfile(config_path):
-        sys.exit(f"error: no checkpoint in {path!r} (config.json missing); train one first: python train.py")
-    with open(config_path) as f:
-        config = json.load(f)
     rope_scaling = config.get("rope_scaling") or (config.get("rope_parameters") or {}).get("rope_type", "default")
     if config.get("model_type") != "llama" or rope_scaling != "default":
         sys.exit(f"error: {config_path} is not a plain llama model (model_type={config.get('model_type')!r}, "
                  f"rope scaling {rope_scaling!r}); only LLaMA-2 style checkpoints load here")
-    args = ModelArgs.from_config(config)
+    try:
+        args = ModelArgs.from_config(config)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+        sys.exit(f"error: {config_path} does not describe a model ({e.__class__.__name__}: {e}); restore it from a "
+                 f"copy of the folder")
     if config.get("head_dim", args.dim // args.n_heads) != args.dim // args.n_heads:
         sys.exit(f"error: {config_path} has head_dim {config['head_dim']}, not hidden_size / num_attention_heads; "
                  f"only LLaMA-2 style checkpoints load here")
     model = Model(args)
     weights = {}
-    for file in sorted(glob.glob(os.path.join(path, "*.safetensors"))):
-        if not file.endswith("optimizer.safetensors"):
+    shards = sorted(glob.glob(os.path.join(path, "model*.safetensors")))  # model.safetensors, or Hugging Face's shards
+    if not shards:
+        sys.exit(f"error: {path!r} has config.json but no model.safetensors; copy the weights back into it")
+    for file in shards:
+        try:
             weights.update(mx.load(file))
-    # Older transformers saved RoPE's inverse frequencies; tied models may still carry a copy of lm_head.
-    weights = {k: v.astype(mx.float32) for k, v in weights.items() if "rotary_emb" not in k}
-    if model.args.tie_embeddings:
-        weights.pop("lm_head.weight", None)
+        except (RuntimeError, ValueError) as e:
+            sys.exit(f"error: {file} cannot be read ({e}); it is damaged: restore it from a copy of the folder")
+    weights = {k: v.astype(mx.float32) for k, v in model.sanitize(weights).items()}
     try:
         model.load_weights(list(weights.items()))
     except ValueError as e:

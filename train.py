@@ -13,25 +13,22 @@ and out_dir/log.jsonl.
 import json
 import math
 import os
-import queue
 import shutil
 import signal
 import sys
-import threading
 import time
 
 import numpy as np
 
-# model before mlx.core: it loads the fast BLAS on Linux
-from model import MODEL_ARGS, Model, ModelArgs, cross_entropy, load_model, measure_peak_flops, set_blas_threads
+from model import MODEL_ARGS, Model, ModelArgs, cross_entropy, load_model, measure_peak_flops  # first: loads cpu.py
+import cpu
+import files
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from configurator import configure
-from export import write_hf_tokenizer_files
-from prepare import read_tokens
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -66,19 +63,20 @@ beta2 = 0.95
 grad_clip = 1.0  # clip the global gradient norm; 0 disables
 # system
 seed = 1337
-dtype = "auto"  # "float32", "bfloat16", or "auto": float32 on the CPU, bfloat16 on a GPU
+dtype = "auto"  # of the forward and backward pass: "float32", "bfloat16", or "auto" (float32 on the CPU, bfloat16
+# on a GPU); weights and optimizer state stay float32 either way
 compile = True  # mx.compile the training step
 threads = 0  # CPU worker threads sharing each batch; 0: as many as cores (dividing batch_size), 1 on GPU/mlx.launch
 peak_flops = 0.0  # the device's matmul peak for MFU; 0 measures it at start
 # -----------------------------------------------------------------------------
-settings = configure(globals())
+group = mx.distributed.init()  # a group of one unless started by mlx.launch
+settings = configure(globals(), echo=sys.stdout if group.rank() == 0 else None)
 
 for name in ("batch_size", "gradient_accumulation_steps", "max_iters", "eval_interval", "eval_iters", "log_interval",
              "max_seq_len"):
     if globals()[name] < 1:
         sys.exit(f"error: --{name}={globals()[name]} must be at least 1")
 
-group = mx.distributed.init()  # a group of one unless started by mlx.launch
 rank, world = group.rank(), group.size()
 master = rank == 0  # only rank 0 logs, evaluates to the console and writes files
 lr_decay_iters = lr_decay_iters or max_iters
@@ -103,11 +101,16 @@ start_iter, best_val_loss = 0, float("inf")
 if init_from == "scratch":
     model_tokenizer = None  # the data's tokenizer
 elif init_from == "resume":
+    files.finish_checkpoint(out_dir)  # a save that a crash cut short: completed if whole, else the last one stands
     model, saved = load_model(out_dir)
     model_tokenizer = os.path.join(out_dir, "tokenizer.model")
-    if "train_state" not in saved or not os.path.isfile(os.path.join(out_dir, "optimizer.safetensors")):
+    if "train_state" not in saved:
         sys.exit(f"error: {out_dir} is not a checkpoint of train.py (no training state to resume); start from its "
                  f"weights with --init_from={out_dir} --out_dir=<a new folder>")
+    for name in ("optimizer.safetensors", "tokenizer.model"):
+        if not os.path.isfile(os.path.join(out_dir, name)):
+            sys.exit(f"error: {out_dir}/{name} is missing, and resuming needs it; copy it back from where it went, "
+                     f"or start from the weights alone with --init_from={out_dir} --out_dir=<a new folder>")
     state = saved["train_state"]
     start_iter, best_val_loss = state["iter"], state["best_val_loss"]
     changed = {k: (v, settings[k]) for k, v in saved["train_settings"].items()
@@ -124,9 +127,9 @@ else:
 
 # the data: one reader, which checks the header and that the tokens come from the model's tokenizer -------------
 data_path = os.path.join(data_dir, dataset)
-data_tokenizer = os.path.join(data_path, "tokenizer.model")
-train_data, train_info = read_tokens(os.path.join(data_path, "train.bin"), model_tokenizer or data_tokenizer)
-val_data, val_info = read_tokens(os.path.join(data_path, "val.bin"), model_tokenizer or data_tokenizer)
+tokenizer_path = model_tokenizer or os.path.join(data_path, "tokenizer.model")
+train_data, train_info = files.read_tokens(os.path.join(data_path, "train.bin"), tokenizer_path)
+val_data, val_info = files.read_tokens(os.path.join(data_path, "val.bin"), tokenizer_path)
 for name, data in (("train", train_data), ("val", val_data)):
     if len(data) <= max_seq_len + 1:
         sys.exit(f"error: the {name} split of {data_path} has {len(data)} tokens, too few for max_seq_len="
@@ -145,8 +148,7 @@ if train_info["vocab_size"] > args.vocab_size:
              f"({args.vocab_size}); prepare the data with the model's tokenizer")
 if max_seq_len > args.max_seq_len:
     sys.exit(f"error: max_seq_len={max_seq_len} exceeds the model's context ({args.max_seq_len})")
-model.set_dtype(compute_dtype)
-mx.eval(model.parameters())
+mx.eval(model.parameters())  # float32: the weights the optimizer updates, whatever dtype computes with them
 
 
 def get_batch(data, it, micro):
@@ -161,28 +163,40 @@ def get_batch(data, it, micro):
 
 
 def loss_fn(model, x, y):
-    return cross_entropy(model(x).astype(mx.float32), y)
+    weights = model.parameters()
+    if compute_dtype != mx.float32:
+        # Mixed precision: the forward and backward pass run on bfloat16 copies of the float32 weights, and the
+        # gradients come back in float32, so an update smaller than bfloat16's resolution still adds up.
+        model.update(tree_map(lambda w: w.astype(compute_dtype), weights))
+    logits = model(x)
+    model.update(weights)
+    return cross_entropy(logits.astype(mx.float32), y).mean()
 
 
-def get_lr(step):  # step: updates done so far, an mx.array inside the optimizer
-    warmup = learning_rate * (step + 1) / (warmup_iters + 1)
-    progress = mx.clip((step - warmup_iters) / max(1, lr_decay_iters - warmup_iters), 0.0, 1.0)
-    cosine = min_lr + 0.5 * (1.0 + mx.cos(math.pi * progress)) * (learning_rate - min_lr)
-    return mx.where(step < warmup_iters, warmup, cosine)
+def get_lr(it):
+    # 1) linear warmup for warmup_iters steps
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    # 2) past lr_decay_iters, min_lr
+    if it > lr_decay_iters:
+        return min_lr
+    # 3) in between, cosine decay down to min_lr
+    decay_ratio = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * decay_ratio)) * (learning_rate - min_lr)
 
 
 def adamw(wd):
-    return optim.AdamW(learning_rate=get_lr, betas=[beta1, beta2], weight_decay=wd)
+    return optim.AdamW(learning_rate=learning_rate, betas=[beta1, beta2], weight_decay=wd)
 
 
 optimizer = optim.MultiOptimizer([adamw(weight_decay), adamw(0.0)], [lambda path, p: p.ndim >= 2])
 optimizer.init(model.trainable_parameters())
 if init_from == "resume":
-    opt_state = mx.load(os.path.join(out_dir, "optimizer.safetensors"), return_metadata=True)
-    if opt_state[1].get("iter") != str(start_iter):
-        sys.exit(f"error: {out_dir}/optimizer.safetensors is from iteration {opt_state[1].get('iter')}, "
-                 f"config.json from {start_iter} (a crash while saving?); start again with --init_from=scratch")
-    optimizer.state = tree_unflatten(list(opt_state[0].items()))
+    opt_state, opt_meta = mx.load(os.path.join(out_dir, "optimizer.safetensors"), return_metadata=True)
+    if opt_meta.get("iter") != str(start_iter):
+        sys.exit(f"error: {out_dir}/optimizer.safetensors is from iteration {opt_meta.get('iter')}, config.json "
+                 f"from {start_iter}: files of two checkpoints were mixed by hand; put back the matching pair")
+    optimizer.state = tree_unflatten(list(opt_state.items()))
 if world > 1:
     # Every process starts from rank 0's weights, optimizer state and iteration (as PyTorch's DDP does), so a stale
     # out_dir on another machine cannot make the copies drift apart unnoticed. A sum with zeros is exact.
@@ -194,16 +208,25 @@ if world > 1:
 if start_iter >= max_iters:
     sys.exit(f"error: {out_dir} is already at iteration {start_iter}; to train on, raise --max_iters (and "
              f"--lr_decay_iters, or the learning rate schedule restarts its decay)")
+
+# the step: gradients of one micro-batch, then the update. The peak is measured before worker threads split the
+# cores between them.
+flops_per_iter = model.flops_per_token(max_seq_len) * tokens_per_iter  # the group's, like tokens_per_iter
+peak = mx.distributed.all_sum(mx.array(peak_flops or measure_peak_flops(compute_dtype)), group=group).item()
 state = [model.state, optimizer.state]
+# outputs=state too: value_and_grad leaves traced copies of the parameters in the model, and compile must hand back
+# the real arrays in their place.
+compiled = (lambda f: mx.compile(f, inputs=state, outputs=state)) if compile else (lambda f: f)
+if threads > 1:  # on the CPU: each batch split over worker threads, each with its own stream (cpu.py)
+    workers = cpu.Workers(model, lambda: Model(args), loss_fn, threads, compile, cores)
+    forward_backward, forward = workers.forward_backward, workers.forward
+else:
+    loss_and_grad = nn.value_and_grad(model, loss_fn)
+    forward_backward = compiled(lambda x, y: loss_and_grad(model, x, y))
+    forward = lambda x, y: loss_fn(model, x, y)  # noqa: E731
 
 
-loss_and_grad = nn.value_and_grad(model, loss_fn)
-
-
-def forward_backward(x, y):
-    return loss_and_grad(model, x, y)
-
-
+@compiled
 def update(grads):
     if grad_clip > 0:
         grads, grad_norm = optim.clip_grad_norm(grads, grad_clip)
@@ -211,51 +234,6 @@ def update(grads):
         grad_norm = mx.sqrt(sum((g * g).sum() for _, g in tree_flatten(grads)))
     optimizer.update(model, grads)
     return grad_norm
-
-
-if compile:
-    # outputs=state on both: value_and_grad leaves traced copies of the parameters in the model, and compile
-    # must hand back the real arrays in their place.
-    forward_backward = mx.compile(forward_backward, inputs=state, outputs=state)
-    update = mx.compile(update, inputs=state, outputs=state)
-
-
-# MLX runs each elementwise op of a CPU stream on one core; only matmuls use more. So on the CPU each batch is split
-# over `threads` worker threads, each with its own stream (MLX streams belong to the thread that made them) and its
-# own copy of the model's structure holding the same weight arrays; OpenBLAS splits the cores between the workers.
-def worker(share, replica, jobs, results):
-    replica_grad = nn.value_and_grad(replica, loss_fn)
-    step = lambda x, y: replica_grad(replica, x, y)  # noqa: E731
-    if compile:
-        step = mx.compile(step, inputs=replica.state, outputs=replica.state)
-    with mx.stream(mx.new_stream(mx.cpu)):
-        for want_grads, x, y in iter(jobs.get, None):
-            try:
-                replica.update(model.parameters())  # the main thread waits meanwhile: its weights are current
-                x, y = x[share::threads], y[share::threads]  # sliced here: this thread cannot run the main one's ops
-                out = step(x, y) if want_grads else loss_fn(replica, x, y)
-                mx.eval(out)
-                results.put(out)
-            except BaseException as e:  # handed to the main thread, which raises it
-                results.put(e)
-
-
-def on_workers(want_grads, x, y):  # -> the batch's mean loss (and its gradients), from the workers' equal shares
-    for jobs, _ in workers:
-        jobs.put((want_grads, x, y))
-    outs = [results.get() for _, results in workers]
-    for out in outs:
-        if isinstance(out, BaseException):
-            raise out
-    return tree_map(lambda *shares: sum(shares) / threads, *outs)
-
-
-if threads > 1:
-    workers = [(queue.Queue(), queue.Queue()) for _ in range(threads)]
-    for share, (jobs, results) in enumerate(workers):
-        replica = Model(args)  # made here, as MLX's random state is not for threads; its weights are replaced
-        threading.Thread(target=worker, args=(share, replica, jobs, results), daemon=True).start()
-    forward_backward = lambda x, y: on_workers(True, x, y)  # noqa: E731
 
 
 def all_mean(x):  # mean over the processes of a scalar; a no-op alone
@@ -269,32 +247,51 @@ def evaluate():
     for name, data in (("train", train_data), ("val", val_data)):
         losses = []
         for k in range(eval_iters):
-            x, y = get_batch(data, (1 << 40) + k, 0)
-            losses.append(on_workers(False, x, y) if threads > 1 else loss_fn(model, x, y))
+            losses.append(forward(*get_batch(data, (1 << 40) + k, 0)))
             mx.eval(losses[-1])  # one batch's activations in memory at a time
         out[name] = all_mean(mx.stack(losses).mean()).item()
     return out
 
 
+# the checkpoint: written as one set (files.py), so a crash at any moment leaves the last one whole -------------
+try:  # tokenizer.json and friends, so transformers and mlx-lm load the folder as it is
+    hf_files = files.hf_tokenizer_files(tokenizer_path, args.max_seq_len)
+except (ValueError, RuntimeError) as e:  # a tokenizer they cannot read or reproduce; ours is still whole
+    hf_files = {}
+    if master:
+        print(f"note: no Hugging Face tokenizer files in {out_dir}/: {e}", file=sys.stderr)
+
+
 def save_checkpoint(it):
-    # Every file is written under a temporary name first, then renamed; config.json goes last and names the
-    # iteration that the safetensors files' metadata must match, so a crash mid-save is caught on resume.
+    # config.json names the iteration, and so do the safetensors files' metadata.
     config = {**args.to_config(), "train_settings": settings,
               "train_state": {"iter": it, "best_val_loss": best_val_loss, "seed": seed}}
     meta = {"iter": str(it)}
-    tmp = lambda name: os.path.join(out_dir, ".tmp." + name)  # noqa: E731
     weights = {k: v.astype(mx.float32) for k, v in tree_flatten(model.parameters())}
-    mx.save_safetensors(tmp("model.safetensors"), weights, metadata=meta)
-    mx.save_safetensors(tmp("optimizer.safetensors"), dict(tree_flatten(optimizer.state)), metadata=meta)
-    with open(tmp("config.json"), "w") as f:
-        json.dump(config, f, indent=2)
-    shutil.copyfile(model_tokenizer or data_tokenizer, tmp("tokenizer.model"))
-    try:  # tokenizer.json and friends, so transformers and mlx-lm load the folder as it is
-        write_hf_tokenizer_files(out_dir, tmp("tokenizer.model"), args.max_seq_len)
-    except (ValueError, RuntimeError) as e:  # a tokenizer they cannot read or reproduce; ours is still whole
-        print(f"note: no Hugging Face tokenizer files in {out_dir}/: {e}", file=sys.stderr)
-    for name in ("tokenizer.model", "optimizer.safetensors", "model.safetensors", "config.json"):
-        os.replace(tmp(name), os.path.join(out_dir, name))
+    opt_state = dict(tree_flatten(optimizer.state))
+
+    def safetensors(arrays):
+        def write(path):
+            with open(path, "wb") as f:  # through Python's file, which reports a full disk as such
+                mx.save_safetensors(f, arrays, metadata=meta)
+        return write
+
+    def data(blob):
+        def write(path):
+            with open(path, "wb") as f:
+                f.write(blob)
+        return write
+
+    writers = {"model.safetensors": safetensors(weights), "optimizer.safetensors": safetensors(opt_state),
+               "config.json": data(json.dumps(config, indent=2).encode()),
+               "tokenizer.model": lambda path: shutil.copyfile(tokenizer_path, path),
+               **{name: data(blob) for name, blob in hf_files.items()}}
+    try:
+        files.save_checkpoint(out_dir, writers)
+    except OSError as e:
+        kept = f"{out_dir}/ keeps iteration {saved_iter}" if saved_iter else "no checkpoint was saved yet"
+        sys.exit(f"error: the checkpoint of iteration {it} could not be written: {files.disk_full_hint(e, out_dir)}; "
+                 f"{kept}. Then resume with python train.py --init_from=resume (plus the same settings)")
 
 
 def log(record, line):
@@ -316,13 +313,29 @@ def on_sigint(*_):  # noqa: E302
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 signal.signal(signal.SIGINT, on_sigint)  # noqa: E305
 
-flops_per_iter = model.flops_per_token(max_seq_len) * tokens_per_iter  # the group's, like tokens_per_iter
-peak = mx.distributed.all_sum(mx.array(peak_flops or measure_peak_flops(compute_dtype)), group=group).item()
-if threads > 1:
-    set_blas_threads(max(1, cores // threads))  # after measuring the peak, which is the whole machine's
+
+def stopping():
+    # Ctrl-C reaches each process at a different point of its step; they stop together at the first iteration where
+    # any of them has seen it, or one would evaluate while another trains, and hang.
+    return bool(all_mean(mx.array(float(len(stop)))).item()) if world > 1 else bool(stop)
+
+
+def logged_by(line, it):
+    try:
+        return json.loads(line)["iter"] <= it
+    except (ValueError, KeyError, TypeError):  # a line that a kill cut short
+        return False
+
+
+saved_iter = start_iter
 if master:
     os.makedirs(out_dir, exist_ok=True)
-    log_file = open(os.path.join(out_dir, "log.jsonl"), "a" if init_from == "resume" else "w")
+    log_path = os.path.join(out_dir, "log.jsonl")
+    if init_from == "resume" and os.path.exists(log_path):  # forget what was logged after the checkpoint
+        with open(log_path) as f:
+            kept = [line for line in f if logged_by(line, start_iter)]
+        files.write_atomic(log_path, "".join(kept).encode())
+    log_file = open(log_path, "a" if init_from == "resume" else "w")
     print(f"model: {model.num_params() / 1e6:.2f}M parameters, {args.n_layers} layers, dim {args.dim}, "
           f"{args.n_heads} heads ({args.n_kv_heads} kv), vocab {args.vocab_size}, {compute_dtype}, "
           f"{mx.default_device()}" + (f", {threads} threads" if threads > 1 else ""))
@@ -332,6 +345,8 @@ if master:
 
 t_last, it_last = time.perf_counter(), start_iter
 for it in range(start_iter, max_iters):
+    lr = get_lr(it)
+    optimizer.learning_rate = lr
     loss, grads = mx.array(0.0), None
     for micro in range(gradient_accumulation_steps):
         micro_loss, micro_grads = forward_backward(*get_batch(train_data, it, micro))
@@ -345,17 +360,14 @@ for it in range(start_iter, max_iters):
     if world > 1:
         grads = nn.average_gradients(grads, group=group)
     grad_norm = update(grads)
-    # Ctrl-C reaches each process at a different point of its step; they stop together at the first iteration where
-    # any of them has seen it (told in the loss's all-reduce), or one would evaluate while another trains, and hang.
-    loss, stopping = all_mean(mx.stack([loss, mx.array(float(len(stop)))]))
-    mx.eval(state, loss, grad_norm, stopping)
-    loss, stopping, done = loss.item(), stopping.item() > 0, it + 1
+    loss = all_mean(loss)
+    mx.eval(state, loss, grad_norm)
+    loss, done, stop_now = loss.item(), it + 1, stopping()
     check_finite(loss, done)
     if master and (done % log_interval == 0 or done == max_iters):
         now = time.perf_counter()
         dt = (now - t_last) / (done - it_last)  # the first interval includes compiling the step
         t_last, it_last = now, done
-        lr = get_lr(mx.array(done - 1)).item()
         tps = tokens_per_iter / dt
         mfu = flops_per_iter / dt / peak
         mem = mx.get_peak_memory() / 1e9
@@ -364,7 +376,7 @@ for it in range(start_iter, max_iters):
              "mfu": mfu, "peak_mem_gb": mem},
             f"iter {done}/{max_iters}: loss {loss:.4f}, lr {lr:.2e}, {dt * 1000:.0f} ms/iter, {tps:,.0f} tok/s, "
             f"mfu {mfu:.1%}, peak mem {mem:.2f} GB, {eta / 60:.1f} min left")
-    if done % eval_interval == 0 or done == max_iters or stopping:
+    if done % eval_interval == 0 or done == max_iters or stop_now:
         losses = evaluate()
         check_finite(losses["val"], done)  # the update may have broken the model: never save that
         best_val_loss = min(best_val_loss, losses["val"])
@@ -375,9 +387,10 @@ for it in range(start_iter, max_iters):
                 f"eval {done}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
                 f"val ppl {math.exp(losses['val']):.2f}, val {bpb:.3f} bits/byte")
             save_checkpoint(done)
+            saved_iter = done
             print(f"saved {out_dir}/ (iteration {done})")
         t_last, it_last = time.perf_counter(), done  # evaluation time is not training time
-    if stopping:
+    if stop_now:
         if master:
             print(f"interrupted: resume with python train.py --init_from=resume (plus the same settings)")
         all_mean(mx.array(0.0)).item()  # wait for rank 0's save: mlx.launch kills all once one exits non-zero

@@ -18,7 +18,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from export import write_gguf, write_hf_tokenizer_files
+from files import hf_tokenizer_files
 
 ROOT = Path(__file__).resolve().parent.parent
 # Text that SentencePiece keeps as is and other tokenizers might not: runs of spaces, tabs, newlines, a leading
@@ -31,6 +31,15 @@ CONFIGS = {
     "tied-gqa": ["--n_heads=4", "--n_kv_heads=2", "--tie_embeddings=True", "--rope_theta=50000.0", "--norm_eps=1e-6"],
     "untied-mha": ["--n_heads=4", "--n_kv_heads=0", "--tie_embeddings=False"],
 }
+
+
+def write_hf_tokenizer_files(folder):
+    for name, blob in hf_tokenizer_files(str(folder / "tokenizer.model")).items():
+        (folder / name).write_bytes(blob)
+
+
+def write_gguf(ckpt, path, dtype="float32"):
+    run("export.py", f"--out_dir={ckpt}", f"--gguf_path={path}", f"--dtype={dtype}", "--hf_files=False")
 
 
 def run(*args, check=True):
@@ -154,7 +163,7 @@ def test_transformers_loads_checkpoint_and_computes_our_logits(ckpt):
 def test_hf_tokenizer_files_follow_a_llama_style_tokenizer(llama_style_tokenizer, tmp_path):
     transformers = pytest.importorskip("transformers")
     shutil.copy(llama_style_tokenizer, tmp_path / "tokenizer.model")
-    write_hf_tokenizer_files(str(tmp_path))
+    write_hf_tokenizer_files(tmp_path)
     sp = spm.SentencePieceProcessor(model_file=str(llama_style_tokenizer))
     assert sp.encode("x", out_type=str)[0].startswith("▁")  # it does add a space in front
     assert_tokenizer_agrees(transformers.AutoTokenizer.from_pretrained(tmp_path), sp)
@@ -164,7 +173,7 @@ def test_hf_tokenizer_files_refuse_a_normalizing_tokenizer(corpus, tmp_path):
     spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "tokenizer"), vocab_size=384,
                                    model_type="bpe", byte_fallback=True, num_threads=1, minloglevel=2)
     with pytest.raises(ValueError, match="this tokenizer.model normalizes text .* normalization_rule_name"):
-        write_hf_tokenizer_files(str(tmp_path))
+        write_hf_tokenizer_files(tmp_path)
     assert not (tmp_path / "tokenizer.json").exists()
 
 
@@ -181,7 +190,7 @@ def read_gguf(path):
 def test_gguf_holds_the_checkpoint_in_llama_cpp_layout(ckpt, dtype, tmp_path):
     gguf = pytest.importorskip("gguf")
     path = tmp_path / "model.gguf"
-    write_gguf(str(ckpt), str(path), dtype)
+    write_gguf(ckpt, path, dtype)
     meta, tensors = read_gguf(path)
     model, config = load_model(str(ckpt))
     a = model.args
@@ -228,7 +237,7 @@ def test_gguf_weights_with_interleaved_rope_compute_our_logits(ckpt, tmp_path):
     # q/k weights from the GGUF file that model must compute exactly what ours does with the Hugging Face halves.
     pytest.importorskip("gguf")
     path = tmp_path / "model.gguf"
-    write_gguf(str(ckpt), str(path))
+    write_gguf(ckpt, path)
     _, tensors = read_gguf(path)
     model, _ = load_model(str(ckpt))
     a = model.args

@@ -1,10 +1,13 @@
-"""prepare.py: token files, tokenizer, document split, inputs and their errors. Offline and fast: tiny corpora."""
+"""prepare.py (and corpus.py, files.py): token files, tokenizer, document split, inputs and their errors.
+
+Offline and fast: tiny corpora, and prepare.py run in this process (runpy) unless a test needs its command line."""
 import hashlib
 import http.server
 import io
 import json
 import os
 import random
+import runpy
 import subprocess
 import sys
 import threading
@@ -16,7 +19,8 @@ import sentencepiece as spm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import prepare  # noqa: E402
+import corpus  # noqa: E402
+import files  # noqa: E402
 
 WORDS = ("the a to of and in is it you that he was for on are with as I his they be at one have this from or had by "
          "word but what some we can out other were all there when up use your how said an each she which do their "
@@ -44,17 +48,27 @@ def write_corpus(folder, docs, ext=".txt"):
     return folder
 
 
+def prepare(*args):
+    """python prepare.py ARGS, in this process: the same script, without a new interpreter's start-up."""
+    argv = sys.argv
+    sys.argv = [os.path.join(ROOT, "prepare.py"), *args]
+    try:
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    finally:
+        sys.argv = argv
+
+
 def run(tmp_path, *args):
-    """prepare.main in-process (fast); returns the output folder."""
-    prepare.main([f"--data_dir={tmp_path / 'data'}", "--vocab_size=400", *args])
+    """prepare.py on the settings; returns the output folder."""
+    prepare(f"--data_dir={tmp_path / 'data'}", "--vocab_size=400", *args)
     name = next(a.split("=", 1)[1] for a in args if a.startswith("--dataset="))
     return tmp_path / "data" / name
 
 
 def error_of(args, tmp_path):
-    """The one-line message main exits with."""
+    """The one-line message prepare.py exits with."""
     with pytest.raises(SystemExit) as e:
-        prepare.main([f"--data_dir={tmp_path / 'data'}", *args])
+        prepare(f"--data_dir={tmp_path / 'data'}", *args)
     message = str(e.value.code)
     assert message.startswith("error: ") and "\n" not in message, message
     return message
@@ -62,7 +76,7 @@ def error_of(args, tmp_path):
 
 def documents_of(out, split):
     """Decode a token file back into its documents, checking each is wrapped in BOS ... EOS."""
-    tokens, info = prepare.read_tokens(str(out / f"{split}.bin"), str(out / "tokenizer.model"))
+    tokens, info = files.read_tokens(str(out / f"{split}.bin"), str(out / "tokenizer.model"))
     sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
     tokens = tokens.tolist()
     starts = [i for i, t in enumerate(tokens) if t == sp.bos_id()]
@@ -78,7 +92,7 @@ def documents_of(out, split):
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """A 400-piece tokenizer trained on the tiny corpus, and its path."""
-    model = prepare.train_tokenizer((line for doc in make_docs(200) for line in doc.split("\n")), 400)
+    model = corpus.train_tokenizer((line for doc in make_docs(200) for line in doc.split("\n")), 400)
     path = tmp_path_factory.mktemp("tok") / "tiny.model"
     path.write_bytes(model)
     return model, str(path)
@@ -92,22 +106,22 @@ def test_token_file_round_trip(tmp_path, vocab_size, itemsize):
     chunks = [rng.integers(0, vocab_size, n) for n in (5, 0, 1000, 37)]
     sha = hashlib.sha256(b"tokenizer").hexdigest()
     path = str(tmp_path / "x.bin")
-    assert prepare.write_tokens(path, chunks, vocab_size, 12345, sha) == 1042
-    tokens, info = prepare.read_tokens(path)
+    assert files.write_tokens(path, chunks, vocab_size, 12345, sha) == 1042
+    tokens, info = files.read_tokens(path)
     assert np.array_equal(tokens, np.concatenate(chunks))
     assert info == dict(vocab_size=vocab_size, n_tokens=1042, n_bytes=12345, tokenizer_sha256=sha, itemsize=itemsize)
-    assert os.path.getsize(path) == prepare.HEADER_SIZE + 1042 * itemsize
-    assert np.array_equal(np.memmap(path, tokens.dtype, mode="r", offset=prepare.HEADER_SIZE, shape=(1042,)), tokens)
+    assert os.path.getsize(path) == files.HEADER_SIZE + 1042 * itemsize
+    assert np.array_equal(np.memmap(path, tokens.dtype, mode="r", offset=files.HEADER_SIZE, shape=(1042,)), tokens)
     assert os.listdir(tmp_path) == ["x.bin"]
 
 
 def test_token_file_streamed_byte_counts_and_empty(tmp_path):
     sha = "ab" * 32
-    n = prepare.write_tokens(str(tmp_path / "a.bin"), ((np.arange(3), 10), (np.arange(2), 7)), 10, None, sha)
-    tokens, info = prepare.read_tokens(str(tmp_path / "a.bin"))
+    n = files.write_tokens(str(tmp_path / "a.bin"), ((np.arange(3), 10), (np.arange(2), 7)), 10, None, sha)
+    tokens, info = files.read_tokens(str(tmp_path / "a.bin"))
     assert n == 5 and info["n_bytes"] == 17 and tokens.tolist() == [0, 1, 2, 0, 1]
-    prepare.write_tokens(str(tmp_path / "e.bin"), [], 10, 0, sha)
-    tokens, info = prepare.read_tokens(str(tmp_path / "e.bin"))
+    files.write_tokens(str(tmp_path / "e.bin"), [], 10, 0, sha)
+    tokens, info = files.read_tokens(str(tmp_path / "e.bin"))
     assert len(tokens) == 0 and info["n_tokens"] == 0
 
 
@@ -116,15 +130,15 @@ def test_token_file_crash_leaves_nothing(tmp_path):
         yield np.arange(10)
         raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
-        prepare.write_tokens(str(tmp_path / "x.bin"), chunks(), 100, 0, "00" * 32)
+        files.write_tokens(str(tmp_path / "x.bin"), chunks(), 100, 0, "00" * 32)
     with pytest.raises(ValueError):  # an id the vocabulary does not have is a bug upstream, not a token
-        prepare.write_tokens(str(tmp_path / "x.bin"), [np.array([5, 100])], 100, 0, "00" * 32)
+        files.write_tokens(str(tmp_path / "x.bin"), [np.array([5, 100])], 100, 0, "00" * 32)
     assert os.listdir(tmp_path) == []
 
 
 def read_error(path, tokenizer_path=None):
     with pytest.raises(SystemExit) as e:
-        prepare.read_tokens(str(path), tokenizer_path and str(tokenizer_path))
+        files.read_tokens(str(path), tokenizer_path and str(tokenizer_path))
     message = str(e.value.code)
     assert message.startswith("error: ") and "\n" not in message and "prepare.py" in message
     return message
@@ -134,8 +148,8 @@ def test_read_tokens_refuses_bad_files(tmp_path):
     tok = tmp_path / "tokenizer.model"
     tok.write_bytes(b"model one")
     good = tmp_path / "train.bin"
-    prepare.write_tokens(str(good), [np.arange(100)], 256, 400, prepare.sha256_file(str(tok)))
-    assert prepare.read_tokens(str(good), str(tok))[1]["n_tokens"] == 100
+    files.write_tokens(str(good), [np.arange(100)], 256, 400, files.sha256_file(str(tok)))
+    assert files.read_tokens(str(good), str(tok))[1]["n_tokens"] == 100
     data = good.read_bytes()
 
     assert "not found" in read_error(tmp_path / "val.bin") and f"--dataset={tmp_path.name}" in read_error(
@@ -165,10 +179,10 @@ def test_tokenizer_is_lossless(tiny_model):
 def test_tokenize_cuts_documents_exactly(tiny_model):
     """Long documents are encoded in pieces cut after newlines: same tokens as encoding each whole."""
     sp = spm.SentencePieceProcessor(model_proto=tiny_model[0])
-    assert prepare.segment_chars(sp) == 2048
+    assert corpus.segment_chars(sp) == 2048
     docs = make_docs(30, seed=1, lines=(50, 400)) + [TRICKY * 300]
     stats = dict(name="test", docs=0, bytes=0, seconds=0.0)
-    chunks = list(prepare.tokenize(iter(docs), sp, stats, chunk_chars=20_000))
+    chunks = list(corpus.tokenize(iter(docs), sp, stats, chunk_chars=20_000))
     assert len(chunks) > 3 and stats["docs"] == len(docs)
     assert sum(n for _, n in chunks) == stats["bytes"] == sum(len(d.encode()) for d in docs)
     expected = [t for ids in sp.encode(docs) for t in [1, *ids, 2]]
@@ -182,10 +196,10 @@ def test_reused_tokenizer_with_dummy_prefix_encodes_whole_documents(tmp_path):
                 byte_fallback=True, add_dummy_prefix=True, normalization_rule_name="identity",
                 remove_extra_whitespaces=False, minloglevel=2)
     sp = spm.SentencePieceProcessor(model_file=str(path) + ".model")
-    assert prepare.segment_chars(sp) is None
+    assert corpus.segment_chars(sp) is None
     docs = make_docs(5, lines=(300, 300))
     stats = dict(name="test", docs=0, bytes=0, seconds=0.0)
-    tokens = np.concatenate([c for c, _ in prepare.tokenize(docs, sp, stats)]).tolist()
+    tokens = np.concatenate([c for c, _ in corpus.tokenize(docs, sp, stats)]).tolist()
     assert tokens == [t for ids in sp.encode(docs) for t in [1, *ids, 2]]
 
 
@@ -193,34 +207,34 @@ def test_reused_tokenizer_with_dummy_prefix_encodes_whole_documents(tmp_path):
 
 def test_split_documents_is_even_deterministic_and_never_leaves_val_empty():
     docs = [f"doc {i}" for i in range(100)]
-    splits = list(prepare.split_documents(iter(docs), 0.05))
+    splits = list(corpus.split_documents(iter(docs), 0.05))
     assert [t for _, t in splits] == docs
     assert [t for s, t in splits if s == "val"] == ["doc 19", "doc 39", "doc 59", "doc 79", "doc 99"]
-    assert splits == list(prepare.split_documents(iter(docs), 0.05))
-    assert list(prepare.split_documents(iter(["a", "b", "c"]), 0.05)) == [("train", "a"), ("train", "b"), ("val", "c")]
-    assert list(prepare.split_documents(iter(["a", " \n", "", "b"]), 0.05)) == [("train", "a"), ("val", "b")]
-    assert list(prepare.split_documents(iter(["0123456789"]), 0.2)) == [("train", "01234567"), ("val", "89")]
-    assert list(prepare.split_documents(iter([]), 0.2)) == []
+    assert splits == list(corpus.split_documents(iter(docs), 0.05))
+    assert list(corpus.split_documents(iter(["a", "b", "c"]), 0.05)) == [("train", "a"), ("train", "b"), ("val", "c")]
+    assert list(corpus.split_documents(iter(["a", " \n", "", "b"]), 0.05)) == [("train", "a"), ("val", "b")]
+    assert list(corpus.split_documents(iter(["0123456789"]), 0.2)) == [("train", "01234567"), ("val", "89")]
+    assert list(corpus.split_documents(iter([]), 0.2)) == []
 
 
 def test_prepare_input_folder_end_to_end(tmp_path):
     docs = make_docs(60) + [TRICKY]
-    corpus = write_corpus(tmp_path / "corpus", docs[:40])
-    write_corpus(tmp_path / "corpus" / "sub", docs[40:], ext=".md")
-    (tmp_path / "corpus" / "ignored.py").write_text("not text for sure")
-    out = run(tmp_path, f"--input={corpus}", "--dataset=tiny", "--val_fraction=0.1")
+    corpus_dir = write_corpus(tmp_path / "corpus_dir", docs[:40])
+    write_corpus(tmp_path / "corpus_dir" / "sub", docs[40:], ext=".md")
+    (tmp_path / "corpus_dir" / "ignored.py").write_text("not text for sure")
+    out = run(tmp_path, f"--input={corpus_dir}", "--dataset=tiny", "--val_fraction=0.1")
     train, val = documents_of(out, "train"), documents_of(out, "val")
     docs = [d.replace("\r\n", "\n") for d in docs]  # files are read with universal newlines
     assert sorted(train + val) == sorted(docs)  # every document whole in exactly one split
     assert len(val) == 6 and not set(train) & set(val)
     meta = json.loads((out / "meta.json").read_text())
     assert meta["vocab_size"] == 400 and meta["splits"]["val"]["docs"] == 6
-    assert meta["tokenizer_sha256"] == prepare.sha256_file(str(out / "tokenizer.model"))
-    assert meta["splits"]["train"]["tokens"] == prepare.read_tokens(str(out / "train.bin"))[1]["n_tokens"]
-    assert meta["settings"]["input"] == str(corpus)
+    assert meta["tokenizer_sha256"] == files.sha256_file(str(out / "tokenizer.model"))
+    assert meta["splits"]["train"]["tokens"] == files.read_tokens(str(out / "train.bin"))[1]["n_tokens"]
+    assert meta["settings"]["input"] == str(corpus_dir)
     assert sorted(os.listdir(out)) == ["meta.json", "tokenizer.model", "train.bin", "val.bin"]
     first = (out / "train.bin").read_bytes()
-    run(tmp_path, f"--input={corpus}", "--dataset=tiny", "--val_fraction=0.1")
+    run(tmp_path, f"--input={corpus_dir}", "--dataset=tiny", "--val_fraction=0.1")
     assert (out / "train.bin").read_bytes() == first  # deterministic
 
 
@@ -231,49 +245,49 @@ def test_input_glob_and_jsonl(tmp_path):
     with open(tmp_path / "rows.jsonl", "w") as f:
         for doc in docs[12:]:
             f.write(json.dumps({"text": doc, "id": 1}) + "\n\n")
-    assert list(prepare.input_documents([str(tmp_path / "rows.jsonl")])) == docs[12:]
-    assert list(prepare.input_documents(prepare.input_files(str(tmp_path / "a" / "*.md")))) == docs[:10]
+    assert list(corpus.input_documents([str(tmp_path / "rows.jsonl")])) == docs[12:]
+    assert list(corpus.input_documents(corpus.input_files(str(tmp_path / "a" / "*.md")))) == docs[:10]
     out = run(tmp_path, f"--input={tmp_path}/**/*.*", "--dataset=mixed")
     assert sorted(documents_of(out, "train") + documents_of(out, "val")) == sorted(docs)
 
 
 def test_reuse_tokenizer(tmp_path, tiny_model):
-    corpus = write_corpus(tmp_path / "c", make_docs(20, seed=5))
-    out = run(tmp_path, f"--input={corpus}", "--dataset=reuse", f"--tokenizer={tiny_model[1]}", "--vocab_size=999")
+    corpus_dir = write_corpus(tmp_path / "c", make_docs(20, seed=5))
+    out = run(tmp_path, f"--input={corpus_dir}", "--dataset=reuse", f"--tokenizer={tiny_model[1]}", "--vocab_size=999")
     assert (out / "tokenizer.model").read_bytes() == tiny_model[0]
     assert json.loads((out / "meta.json").read_text())["vocab_size"] == 400
     assert sorted(documents_of(out, "train") + documents_of(out, "val")) == sorted(make_docs(20, seed=5))
 
 
 def test_command_line_end_to_end(tmp_path):
-    corpus = write_corpus(tmp_path / "c", make_docs(30))
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "prepare.py"), f"--input={corpus}", "--dataset=cli",
+    corpus_dir = write_corpus(tmp_path / "c", make_docs(30))
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "prepare.py"), f"--input={corpus_dir}", "--dataset=cli",
                         f"--data_dir={tmp_path}", "--vocab_size=300"], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "MB/s" in r.stdout and "train: 29 docs" in r.stderr
-    tokens, info = prepare.read_tokens(str(tmp_path / "cli" / "val.bin"), str(tmp_path / "cli" / "tokenizer.model"))
+    tokens, info = files.read_tokens(str(tmp_path / "cli" / "val.bin"), str(tmp_path / "cli" / "tokenizer.model"))
     assert info["vocab_size"] == 300 and tokens[0] == 1 and tokens[-1] == 2
 
 
 def test_stdlib_corpus_is_the_library_without_its_tests():
-    files = prepare.stdlib_files()
-    names = [os.path.relpath(f, prepare.sysconfig.get_paths()["stdlib"]) for f in files]
-    assert len(files) > 300 and files == sorted(files)
+    paths = corpus.stdlib_files()
+    names = [os.path.relpath(f, corpus.sysconfig.get_paths()["stdlib"]) for f in paths]
+    assert len(paths) > 300 and paths == sorted(paths)
     assert {"os.py", "json/__init__.py", "asyncio/tasks.py"} <= set(names)
     for name in names:
         parts = name.split(os.sep)
         assert not {"test", "tests", "idle_test", "site-packages", "__pycache__"} & set(parts), name
         assert not parts[-1].startswith("test_") and name.endswith(".py") and name != "pydoc_data/topics.py"
-    docs = prepare.stdlib_documents(files)
+    docs = corpus.stdlib_documents(paths)
     assert "import" in next(docs)
     from pydoc_data.topics import topics
-    assert sum(1 for _ in docs) == len(files) - 1 + len(topics)
+    assert sum(1 for _ in docs) == len(paths) - 1 + len(topics)
 
 
 # ----------------------------------------------------------------------------- bad input
 
 def test_bad_input_exits_with_one_clear_line_and_writes_nothing(tmp_path, tiny_model):
-    corpus = str(write_corpus(tmp_path / "c", make_docs(40)))
+    corpus_dir = str(write_corpus(tmp_path / "c", make_docs(40)))
     empty = write_corpus(tmp_path / "empty", ["", "  \n\n"])
     (tmp_path / "junk.model").write_bytes(b"not a model")
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"title": "no text"}\n')
@@ -282,15 +296,15 @@ def test_bad_input_exits_with_one_clear_line_and_writes_nothing(tmp_path, tiny_m
         "no such file": [f"--input={tmp_path}/missing", "--dataset=x"],
         "no .txt, .md or .jsonl": [f"--input={tmp_path / 'data'}", "--dataset=x"],
         "no text in": [f"--input={empty}", "--dataset=x"],
-        "--tokenizer=": [f"--input={corpus}", "--dataset=x", f"--tokenizer={tmp_path}/missing.model"],
-        "not a SentencePiece model": [f"--input={corpus}", "--dataset=x", f"--tokenizer={tmp_path}/junk.model"],
-        "too small": [f"--input={corpus}", "--dataset=x", "--vocab_size=100"],
-        "too large": [f"--input={corpus}", "--dataset=x", "--vocab_size=100000"],
-        "needs --dataset=NAME": [f"--input={corpus}"],
+        "--tokenizer=": [f"--input={corpus_dir}", "--dataset=x", f"--tokenizer={tmp_path}/missing.model"],
+        "not a SentencePiece model": [f"--input={corpus_dir}", "--dataset=x", f"--tokenizer={tmp_path}/junk.model"],
+        "too small": [f"--input={corpus_dir}", "--dataset=x", "--vocab_size=100"],
+        "too large": [f"--input={corpus_dir}", "--dataset=x", "--vocab_size=100000"],
+        "needs --dataset=NAME": [f"--input={corpus_dir}"],
         "unknown --dataset=nope": ["--dataset=nope"],
         "bad.jsonl:2": [f"--input={tmp_path}/bad.jsonl", "--dataset=x"],
         "not UTF-8": [f"--input={tmp_path}/latin1.txt", "--dataset=x"],
-        "between 0 and 1": [f"--input={corpus}", "--dataset=x", "--val_fraction=1.5"],
+        "between 0 and 1": [f"--input={corpus_dir}", "--dataset=x", "--val_fraction=1.5"],
         "--url does not apply": ["--url=http://example.com/x"],
         "--train_url does not apply to tinyshakespeare": ["--dataset=tinyshakespeare", "--train_url=http://x/y"],
     }
@@ -362,34 +376,34 @@ def test_download_caches_resumes_and_checks(server, tmp_path):
     data = os.urandom(300_000)
     server.files["/f.bin"] = data
     path = str(tmp_path / "raw" / "f.bin")
-    assert prepare.download(server.url + "/f.bin", path, *known(data)) == path
+    assert corpus.download(server.url + "/f.bin", path, *known(data)) == path
     assert open(path, "rb").read() == data and os.listdir(tmp_path / "raw") == ["f.bin"]
-    prepare.download(server.url + "/f.bin", path, *known(data))
+    corpus.download(server.url + "/f.bin", path, *known(data))
     assert len(server.requests) == 1  # cached: the second run asks nothing
 
     server.requests.clear()
     server.cut["/f.bin"] = 100_000  # cut, then resumed with a Range request in the same run
     path = str(tmp_path / "raw" / "g.bin")
-    prepare.download(server.url + "/f.bin", path, None, None)
+    corpus.download(server.url + "/f.bin", path, None, None)
     assert open(path, "rb").read() == data
     assert server.requests == [("/f.bin", None), ("/f.bin", "bytes=100000-")]
 
     server.requests.clear()  # a .part left by an earlier, killed run is resumed too
     path = str(tmp_path / "raw" / "h.bin")
     open(path + ".part", "wb").write(data[:123])
-    prepare.download(server.url + "/f.bin", path, *known(data))
+    corpus.download(server.url + "/f.bin", path, *known(data))
     assert open(path, "rb").read() == data and server.requests == [("/f.bin", "bytes=123-")]
 
     server.ranges = False  # a server without Range support: start over
     path = str(tmp_path / "raw" / "i.bin")
     open(path + ".part", "wb").write(b"junk")
-    prepare.download(server.url + "/f.bin", path, None, None)
+    corpus.download(server.url + "/f.bin", path, None, None)
     assert open(path, "rb").read() == data
 
 
 def download_error(*args):
     with pytest.raises(SystemExit) as e:
-        prepare.download(*args)
+        corpus.download(*args)
     message = str(e.value.code)
     assert message.startswith("error: ") and "\n" not in message
     return message
@@ -420,7 +434,7 @@ def test_wikitext_articles_start_only_at_titles():
              " = = Gameplay = = \n", " = = = Sub section = = = \n", " = 5 + 3 \n", " =2 = \n",
              " Arsenal 3 = 1 Chelsea = \n", " = A = = \n", " \n", " = E = mc2 = \n", " \n", " Text . \n",
              " = X = \n", " = Last = \n"]
-    articles = list(prepare.wikitext_articles(lines))
+    articles = list(corpus.wikitext_articles(lines))
     assert [a.splitlines()[0] for a in articles] == [" = Valkyria Chronicles III = ", " = E = mc2 = ", " = X = ",
                                                      " = Last = "]
     assert "".join(articles) == "".join(lines[1:])  # only the blank line in front of the first title is dropped
@@ -429,17 +443,17 @@ def test_wikitext_articles_start_only_at_titles():
 def test_split_stories_across_reads():
     stories = [f"Once upon a time {i}.\nThe end." for i in range(50)]
     text = "\n<|endoftext|>\n".join(stories) + "\n<|endoftext|>\n\n"
-    assert list(prepare.split_stories(io.StringIO(text), block=7)) == stories
-    assert list(prepare.split_stories(io.StringIO(text))) == stories
+    assert list(corpus.split_stories(io.StringIO(text), block=7)) == stories
+    assert list(corpus.split_stories(io.StringIO(text))) == stories
 
 
 def test_tokenizer_learns_from_a_sample_of_a_larger_corpus(tmp_path, monkeypatch):
     seen = []
-    train = prepare.train_tokenizer
-    monkeypatch.setattr(prepare, "train_tokenizer", lambda lines, v: train(seen.extend(lines) or seen, v))
+    train = corpus.train_tokenizer
+    monkeypatch.setattr(corpus, "train_tokenizer", lambda lines, v, n: train(seen.extend(lines) or seen, v, n))
     docs = make_docs(2000, lines=(5, 40))
-    corpus = write_corpus(tmp_path / "c", docs)
-    out = run(tmp_path, f"--input={corpus}", "--dataset=big", "--tokenizer_sample_bytes=60000")
+    corpus_dir = write_corpus(tmp_path / "c", docs)
+    out = run(tmp_path, f"--input={corpus_dir}", "--dataset=big", "--tokenizer_sample_bytes=60000")
     assert sum(len(line) + 1 for line in seen) <= 60000 < sum(len(d) for d in docs) / 10
     assert sorted(documents_of(out, "train") + documents_of(out, "val")) == sorted(docs)
 
@@ -447,7 +461,7 @@ def test_tokenizer_learns_from_a_sample_of_a_larger_corpus(tmp_path, monkeypatch
 def test_tinyshakespeare_from_a_mirror(server, tmp_path, monkeypatch):
     text = "".join(f"CITIZEN {i}:\nSpeak, speak. Before we proceed any further, hear me {i}.\n\n" for i in range(400))
     server.files["/input.txt"] = text.encode()
-    monkeypatch.setitem(prepare.DATASETS["tinyshakespeare"]["files"], "url", ("input.txt", "unused", *known(
+    monkeypatch.setitem(corpus.DATASETS["tinyshakespeare"]["files"], "url", ("input.txt", "unused", *known(
         text.encode())))
     args = ["--dataset=tinyshakespeare", f"--url={server.url}/input.txt", "--vocab_size=300"]
     out = run(tmp_path, *args)
@@ -481,7 +495,7 @@ def test_wikitext103_from_a_mirror(server, tmp_path, monkeypatch):
             z.writestr(f"wikitext-103-raw/wiki.{split}.raw", "".join(articles))
     data = buffer.getvalue()
     server.files["/wikitext-103-raw-v1.zip"] = data
-    monkeypatch.setitem(prepare.DATASETS["wikitext103"]["files"], "url", ("wikitext-103-raw-v1.zip", "unused",
+    monkeypatch.setitem(corpus.DATASETS["wikitext103"]["files"], "url", ("wikitext-103-raw-v1.zip", "unused",
                                                                           *known(data)))
     out = run(tmp_path, "--dataset=wikitext103", "--vocab_size=300", f"--url={server.url}/wikitext-103-raw-v1.zip")
     for split, name in (("train", "train"), ("val", "valid"), ("test", "test")):

@@ -27,7 +27,7 @@ def run(script, *args, cwd, ok=True):
 
 def error_line(r):
     assert r.returncode != 0
-    lines = r.stderr.strip().splitlines()
+    lines = [line for line in r.stderr.strip().splitlines() if not line.startswith("Overriding: ")]  # generate.py's
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr  # one line, no traceback
     return lines[0]
 
@@ -170,6 +170,11 @@ def test_bad_inputs_get_one_line_errors(work, tmp_path):
     (work / "weights_only").mkdir(exist_ok=True)
     for name in ("config.json", "model.safetensors", "tokenizer.model"):
         (work / "weights_only" / name).write_bytes((work / "e2e" / name).read_bytes())
+    r = run("train.py", "--dataset=tiny", "--out_dir=weights_only", "--init_from=resume", *TINY, cwd=work, ok=False)
+    assert "weights_only/optimizer.safetensors is missing, and resuming needs it" in error_line(r)
+    config = json.loads((work / "weights_only" / "config.json").read_text())
+    del config["train_state"]  # a Hugging Face folder, say
+    (work / "weights_only" / "config.json").write_text(json.dumps(config))
     r = run("train.py", "--dataset=tiny", "--out_dir=weights_only", "--init_from=resume", *TINY, cwd=work, ok=False)
     assert "is not a checkpoint of train.py" in error_line(r)
 

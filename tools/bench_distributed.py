@@ -21,13 +21,13 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from model import Model, ModelArgs  # noqa: E402  before mlx.core: it loads the fast BLAS on Linux
+from model import Model, ModelArgs  # noqa: E402  first: model.py loads cpu.py, before mlx.core
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 from mlx.utils import tree_flatten, tree_map  # noqa: E402
 
 from configurator import configure  # noqa: E402
-from prepare import read_tokens  # noqa: E402
+from files import read_tokens  # noqa: E402
 
 # -----------------------------------------------------------------------------
 dataset = "pystdlib"

@@ -11,17 +11,18 @@ Exits 1 if anything differs.
     python tools/llama_cpp_check.py --out_dir=out --prompt="def fibonacci(n):" --max_new_tokens=30
 """
 import os
+import subprocess
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from model import load_model  # noqa: E402  before mlx.core: it loads the fast BLAS on Linux
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from model import load_model  # noqa: E402  first: model.py loads cpu.py, before mlx.core
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 import sentencepiece as spm  # noqa: E402
 
 from configurator import configure  # noqa: E402
-from export import write_gguf  # noqa: E402
 
 # -----------------------------------------------------------------------------
 out_dir = "out"  # the checkpoint folder
@@ -39,7 +40,8 @@ except ImportError:
 tmp = tempfile.TemporaryDirectory()
 if not gguf_path:
     gguf_path = os.path.join(tmp.name, "model.gguf")
-    write_gguf(out_dir, gguf_path, dtype)
+    subprocess.run([sys.executable, os.path.join(ROOT, "export.py"), f"--out_dir={out_dir}",
+                    f"--gguf_path={gguf_path}", f"--dtype={dtype}", "--hf_files=False"], check=True)
 model, _ = load_model(out_dir)
 sp = spm.SentencePieceProcessor(model_file=os.path.join(out_dir, "tokenizer.model"))
 # keys and values cached in float32 (llama.cpp's default is float16), so the logits can agree to float32 rounding

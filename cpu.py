@@ -1,0 +1,174 @@
+"""
+The CPU fast path: what makes training on MLX's CPU backend (Linux, or a Mac told to use its CPU) fast.
+
+On a GPU none of this runs. model.py takes attention and SiLU from here in one line, and train.py the loss and the
+worker threads, only when the default device is the CPU; every function here is tested against the MLX function it
+stands in for, values and gradients (tests/test_cpu.py). Why each exists (numbers in the README, "Speed"):
+
+- OpenBLAS: the Linux mlx[cpu] wheel links the reference BLAS, ~40x slower for fp32 matmuls. Loading OpenBLAS with
+  RTLD_GLOBAL before mlx.core makes MLX's cblas_sgemm calls resolve to it. This module must be imported before
+  mlx.core for that; model.py imports it first.
+- exp as 2^(x log2 e): MLX's CPU exp is about 3x slower than its pow, and the exps of softmax, SiLU and the loss
+  were much of a step.
+- Chunked attention: MLX's CPU attention is not fused; it computes every score and then masks half away.
+- Worker threads: MLX runs each elementwise op of a CPU stream on one core; only matmuls use more.
+"""
+import ctypes
+import importlib.metadata
+import math
+import os
+import queue
+import sys
+import tempfile
+import threading
+
+
+def _locate(dist, match):
+    try:
+        return next((str(f.locate()) for f in importlib.metadata.files(dist) or () if match(f.name)), None)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _load_openblas():
+    """cmeel-openblas's libopenblas with RTLD_GLOBAL (Linux only; macOS has Accelerate), or None with a warning.
+
+    That OpenBLAS needs the Fortran runtime libgfortran.so.5, which a bare Linux lacks; the mlx[cpu] wheel ships
+    one under a renamed file and soname (auditwheel's), which the loader does not match to that name. A copy
+    whose soname says libgfortran.so.5 again, loaded first, stands in for it, so pip alone gives the fast path.
+    """
+    if sys.platform != "linux" or "mlx.core" in sys.modules:
+        return None
+    openblas = _locate("cmeel-openblas", lambda name: name == "libopenblas.so.0")
+    if openblas is None:
+        return None
+    gfortran = _locate("mlx-cpu", lambda name: name.startswith("libgfortran-") and ".so" in name)
+    quadmath = _locate("mlx-cpu", lambda name: name.startswith("libquadmath-") and ".so" in name)
+    if gfortran and quadmath:
+        try:
+            ctypes.CDLL(quadmath, mode=ctypes.RTLD_GLOBAL)  # what the renamed libgfortran itself links
+            with open(gfortran, "rb") as f:
+                lib = f.read()
+            soname = os.path.basename(gfortran).encode() + b"\0"
+            with tempfile.NamedTemporaryFile(suffix=".so") as copy:  # the loaded copy outlives its file
+                copy.write(lib.replace(soname, b"libgfortran.so.5".ljust(len(soname), b"\0"), 1))
+                copy.flush()
+                ctypes.CDLL(copy.name, mode=ctypes.RTLD_GLOBAL)
+        except OSError:
+            pass  # a system libgfortran5, if there is one, still serves below
+    try:
+        return ctypes.CDLL(openblas, mode=ctypes.RTLD_GLOBAL)
+    except OSError as e:
+        print(f"warning: OpenBLAS did not load ({e}); matmuls will be ~40x slower. "
+              "Fix: apt-get install libgfortran5", file=sys.stderr)
+        return None
+
+
+_openblas = _load_openblas()
+import mlx.core as mx  # noqa: E402
+import mlx.nn as nn  # noqa: E402
+from mlx.utils import tree_map  # noqa: E402
+
+ON_CPU = mx.default_device() == mx.cpu
+LOG2E = math.log2(math.e)
+CHUNK = 64  # queries per block of attention
+
+
+def set_blas_threads(n):
+    """Threads per matmul where OpenBLAS is loaded: the worker threads share the cores."""
+    if _openblas is not None:
+        _openblas.openblas_set_num_threads(n)
+
+
+def exp(x):
+    return mx.power(2.0, x * LOG2E)
+
+
+@mx.custom_function
+def softmax(x):  # over the last axis
+    e = exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@softmax.vjp
+def softmax_vjp(primals, cotangent, p):  # from the saved probabilities: no exp in the backward pass
+    return p * (cotangent - (cotangent * p).sum(axis=-1, keepdims=True))
+
+
+def silu(x):  # x * sigmoid(x); the cap keeps e^-x finite, or its gradient would be 0 * inf = nan for x < -88
+    return x / (1 + exp(mx.minimum(-x, 80.0)))
+
+
+def cross_entropy(logits, targets):  # logits (..., vocab), targets (...) -> the loss of each token, like MLX's
+    m = mx.stop_gradient(logits.max(axis=-1, keepdims=True))  # for range only: logsumexp does not depend on it
+    logsumexp = mx.log(exp(logits - m).sum(axis=-1)) + m.squeeze(-1)
+    return logsumexp - mx.take_along_axis(logits, targets[..., None], axis=-1).squeeze(-1)
+
+
+def attention(q, k, v, scale, mask=None):  # mx.fast.scaled_dot_product_attention, for mask None or "causal"
+    # q: (B, n_heads, L, hd); k, v: (B, n_kv_heads, S, hd), S >= L. Query i sits at position S - L + i, after any
+    # cached tokens, and sees the keys up to it. CHUNK queries at a time against only the keys they can see skip
+    # most of the masked half.
+    B, n_heads, L, hd = q.shape
+    S, n_kv_heads = k.shape[2], k.shape[1]
+    if mask is None:
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale)
+    q = (q * scale).reshape(B, n_kv_heads, n_heads // n_kv_heads, L, hd)  # query heads grouped by their kv head
+    k, v = k[:, :, None], v[:, :, None]  # (B, n_kv_heads, 1, S, hd)
+    out = []
+    for i in range(0, L, CHUNK):
+        seen = S - L + min(i + CHUNK, L)  # keys visible to the last query of the block
+        scores = q[:, :, :, i:i + CHUNK] @ k[:, :, :, :seen].swapaxes(-1, -2)  # (B, n_kv, group, CHUNK, seen)
+        visible = mx.arange(S - L + i, S - L + i + scores.shape[-2])[:, None] >= mx.arange(seen)
+        out.append(softmax(mx.where(visible, scores, -mx.inf)) @ v[:, :, :, :seen])
+    return mx.concatenate(out, axis=3).reshape(B, n_heads, L, hd)
+
+
+class Workers:
+    """Each batch split over n worker threads, a share of the cores each, for the loss and its gradients.
+
+    Each thread has its own MLX stream (streams belong to the thread that made them) and its own copy of the model's
+    structure, made by make_model, holding the main model's weight arrays (no copies: they are handed over before
+    every call); OpenBLAS splits the cores between the threads.
+    """
+
+    def __init__(self, model, make_model, loss_fn, n, compile, cores):
+        self.model, self.n, self.queues = model, n, []
+        for share in range(n):
+            jobs, results = queue.Queue(), queue.Queue()
+            replica = make_model()  # made here: MLX's random state is not for threads
+            threading.Thread(target=self._work, args=(share, replica, loss_fn, compile, jobs, results),
+                             daemon=True).start()
+            self.queues.append((jobs, results))
+        set_blas_threads(max(1, cores // n))
+
+    def _work(self, share, replica, loss_fn, compile, jobs, results):
+        loss_and_grad = nn.value_and_grad(replica, loss_fn)
+        step = lambda x, y: loss_and_grad(replica, x, y)  # noqa: E731
+        if compile:
+            step = mx.compile(step, inputs=replica.state, outputs=replica.state)
+        with mx.stream(mx.new_stream(mx.cpu)):
+            for grads, x, y in iter(jobs.get, None):
+                try:
+                    replica.update(self.model.parameters())  # the main thread waits meanwhile: these are current
+                    x, y = x[share::self.n], y[share::self.n]  # sliced here: this thread cannot run the main one's ops
+                    out = step(x, y) if grads else loss_fn(replica, x, y)
+                    mx.eval(out)
+                    results.put(out)
+                except BaseException as e:  # handed to the main thread, which raises it
+                    results.put(e)
+
+    def _run(self, grads, x, y):
+        for jobs, _ in self.queues:
+            jobs.put((grads, x, y))
+        outs = [results.get() for _, results in self.queues]
+        for out in outs:
+            if isinstance(out, BaseException):
+                raise out
+        return tree_map(lambda *shares: sum(shares) / self.n, *outs)
+
+    def forward_backward(self, x, y):  # -> (mean loss, mean gradients)
+        return self._run(True, x, y)
+
+    def forward(self, x, y):  # -> the mean loss
+        return self._run(False, x, y)

@@ -1,0 +1,287 @@
+"""
+The files one stage writes and another reads, written so that a crash at any instant leaves the last good state.
+
+Token files (prepare.py writes them, train.py reads them): a 128-byte little-endian header, then the tokens as
+uint16 (uint32 if vocab_size > 65536), readable with np.memmap(path, dtype, offset=128).
+    magic b"MLLAMATK" | version u32 | itemsize u32 | vocab_size u64 | n_tokens u64 | n_bytes u64 | sha256 (32 B)
+n_bytes is the UTF-8 size of the text the tokens stand for (BOS/EOS count 0), so bits per byte =
+loss / ln 2 * n_tokens / n_bytes; sha256 is the tokenizer.model's. read_tokens() is the one reader.
+
+Checkpoint folders (train.py writes them; generate.py, export.py, mlx-lm and transformers read them): plain files
+at the top of the folder. A new checkpoint is written whole into out_dir/.saving/, flushed to disk, marked complete,
+and only then moved into place; finish_checkpoint() completes a marked set after a crash and deletes an unmarked one.
+"""
+import errno
+import hashlib
+import json
+import os
+import shutil
+import struct
+import sys
+
+import numpy as np
+import sentencepiece as spm
+
+MAGIC = b"MLLAMATK"
+VERSION = 1
+HEADER = struct.Struct("<8sIIQQQ32s")  # magic, version, itemsize, vocab_size, n_tokens, n_bytes, tokenizer sha256
+HEADER_SIZE = 128  # room to grow the header without moving the tokens
+SAVING = ".saving"  # where a checkpoint is written before it is moved into place
+COMPLETE = ".complete"  # in .saving/: every file of the set is on disk
+
+
+# ----------------------------------------------------------------------------- writing safely
+
+def fsync(path):
+    """Push a file, or a folder's list of names, to the disk: a rename is only as durable as what it renames."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path, data):
+    """Write bytes through a temporary file, fsync and a rename: a crash never leaves a half-written file at path."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    fsync(os.path.dirname(os.path.abspath(path)))
+
+
+def disk_full_hint(e, path):
+    """A sentence for a failed write: the disk is full (and which), or what the system said."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"the disk holding {os.path.abspath(path)} is full; free some space there"
+    return f"{e.strerror or e} ({getattr(e, 'filename', None) or path})"
+
+
+# ----------------------------------------------------------------------------- token files
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_tokens(path, chunks, vocab_size, n_bytes, tokenizer_sha256):
+    """Stream 1-D integer arrays into token file `path`; returns the token count.
+
+    n_bytes is the text size the tokens stand for; pass None when it is only known while streaming, and let
+    `chunks` yield (tokens, n_bytes) pairs instead. Tokens go to a temporary file whose header stays zero until
+    the end, and it is renamed into place only when complete, so a crash never leaves a file that looks valid.
+    """
+    dtype = np.dtype("<u2" if vocab_size <= 1 << 16 else "<u4")
+    tmp, n_tokens, total_bytes = path + ".tmp", 0, 0
+    try:
+        with open(tmp, "wb") as f:
+            f.write(bytes(HEADER_SIZE))
+            for chunk in chunks:
+                if n_bytes is None:
+                    chunk, chunk_bytes = chunk
+                    total_bytes += chunk_bytes
+                chunk = np.asarray(chunk)
+                if chunk.size and (chunk.min() < 0 or chunk.max() >= vocab_size):
+                    raise ValueError(f"token ids must be in [0, {vocab_size}), got {chunk.min()}..{chunk.max()}")
+                f.write(chunk.astype(dtype).tobytes())
+                n_tokens += chunk.size
+            n_bytes = total_bytes if n_bytes is None else n_bytes
+            f.seek(0)
+            f.write(HEADER.pack(MAGIC, VERSION, dtype.itemsize, vocab_size, n_tokens, n_bytes,
+                                bytes.fromhex(tokenizer_sha256)))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # Ctrl-C and sys.exit too: never leave the temporary file behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return n_tokens
+
+
+def read_tokens(path, tokenizer_path=None):
+    """Map a token file read-only: returns (tokens, info) with info's vocab_size, n_tokens, n_bytes, tokenizer_sha256.
+
+    Checks the header, the file size and, given tokenizer_path, that the tokens were made with that tokenizer;
+    anything wrong ends the program with a one-line error that says how to fix it.
+    """
+    name = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    fix = f"run `python prepare.py --dataset={name}` (plus the same --input if it is your own text)"
+    if not os.path.isfile(path):
+        sys.exit(f"error: token file {path} not found; {fix} first")
+    with open(path, "rb") as f:
+        head = f.read(HEADER_SIZE)
+    if len(head) < HEADER_SIZE or not head.startswith(MAGIC):
+        sys.exit(f"error: {path} is not a token file (no {MAGIC.decode()} header); {fix} to make one")
+    _, version, itemsize, vocab, n_tokens, n_bytes, sha = HEADER.unpack_from(head)
+    if version != VERSION or itemsize not in (2, 4):
+        sys.exit(f"error: {path} is token-file version {version} (itemsize {itemsize}), this code reads version "
+                 f"{VERSION}; {fix} again")
+    size, expected = os.path.getsize(path), HEADER_SIZE + n_tokens * itemsize
+    if size != expected:
+        sys.exit(f"error: {path} is truncated or damaged ({size} bytes, its header promises {expected}); {fix} again")
+    info = dict(vocab_size=vocab, n_tokens=n_tokens, n_bytes=n_bytes, tokenizer_sha256=sha.hex(), itemsize=itemsize)
+    if tokenizer_path is not None:
+        if not os.path.isfile(tokenizer_path):
+            sys.exit(f"error: tokenizer {tokenizer_path} not found; {fix}")
+        if (actual := sha256_file(tokenizer_path)) != info["tokenizer_sha256"]:
+            sys.exit(f"error: {path} was made with a different tokenizer than {tokenizer_path} (sha256 "
+                     f"{info['tokenizer_sha256'][:12]}... vs {actual[:12]}...); {fix} so they match")
+    dtype = np.dtype("<u2" if itemsize == 2 else "<u4")
+    if n_tokens == 0:  # mmap refuses an empty range
+        return np.zeros(0, dtype), info
+    return np.memmap(path, dtype, mode="r", offset=HEADER_SIZE, shape=(n_tokens,)), info
+
+
+# ----------------------------------------------------------------------------- checkpoint folders
+
+def save_checkpoint(out_dir, writers):
+    """Replace the checkpoint in out_dir by the files {name: write(path)} as one set.
+
+    Each file is written into out_dir/.saving/ and fsynced; then the set is marked complete and its files are
+    renamed into out_dir. A crash before the mark leaves the old set in out_dir and an unmarked .saving/ (deleted
+    next time); a crash after it leaves a marked set that finish_checkpoint() moves into place. A failed write
+    raises, and the old checkpoint stays as it was.
+    """
+    finish_checkpoint(out_dir)
+    saving = os.path.join(out_dir, SAVING)
+    os.makedirs(saving)
+    try:
+        for name, write in writers.items():
+            write(os.path.join(saving, name))
+            fsync(os.path.join(saving, name))
+        fsync(saving)
+        with open(os.path.join(saving, COMPLETE), "wb"):
+            pass
+        fsync(saving)
+    except BaseException:
+        shutil.rmtree(saving, ignore_errors=True)
+        raise
+    finish_checkpoint(out_dir)
+
+
+def finish_checkpoint(out_dir):
+    """After a crash while saving: move a complete set from out_dir/.saving/ into place, or delete an incomplete one.
+
+    Safe to repeat, and to be cut short at any point itself: the mark stays until every file has moved.
+    """
+    saving = os.path.join(out_dir, SAVING)
+    if not os.path.isdir(saving):
+        return
+    if not os.path.exists(os.path.join(saving, COMPLETE)):
+        shutil.rmtree(saving)
+        return
+    for name in sorted(os.listdir(saving)):
+        if name != COMPLETE:
+            os.replace(os.path.join(saving, name), os.path.join(out_dir, name))
+    fsync(out_dir)
+    os.remove(os.path.join(saving, COMPLETE))
+    os.rmdir(saving)
+
+
+# ----------------------------------------------------------------------------- the tokenizer for other tools
+
+def check_normalization(sp, tool):
+    # SentencePiece may rewrite text before splitting it (NFKC, collapsing spaces); the tokenizers written here
+    # only add the dummy-prefix space and escape spaces as "▁", which is SentencePiece's "identity" rule with
+    # remove_extra_whitespaces=False, the rule prepare.py trains with (code needs its spaces and symbols as they are).
+    probe = "a  b\tﬁ① "
+    if sp.normalize(probe).lstrip("▁") != probe.replace(" ", "▁"):
+        raise ValueError(f"this tokenizer.model normalizes text (normalize({probe!r}) = {sp.normalize(probe)!r}), "
+                         f"which {tool} would not reproduce; train it with normalization_rule_name='identity' and "
+                         f"remove_extra_whitespaces=False")
+
+
+def hf_tokenizer_json(sp):
+    """A SentencePiece BPE model as a Hugging Face `tokenizers` tokenizer.json: the pipeline of Llama 2's own
+    tokenizer.json (transformers' LlamaConverter, legacy mode): "▁" in front if SentencePiece adds a dummy prefix,
+    spaces to "▁", BPE with byte fallback, <s> first."""
+    n = sp.vocab_size()
+    vocab = {sp.id_to_piece(i): i for i in range(n)}
+    normal = {p for p, i in vocab.items() if not (sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i))}
+    # SentencePiece's BPE merges the adjacent pair whose union is the highest-scoring piece, and its pieces are
+    # stored best score first, so a merge's rank is the id of the piece it makes; pairs that make the same piece
+    # are ordered by the ids of their parts (as transformers' generate_merges does).
+    merges = []
+    for piece, i in vocab.items():
+        if piece in normal and len(piece) > 1:
+            pairs = [(piece[:k], piece[k:]) for k in range(1, len(piece))
+                     if piece[:k] in normal and piece[k:] in normal]
+            merges += sorted(pairs, key=lambda lr: (vocab[lr[0]], vocab[lr[1]]))
+    specials = [i for i in range(n) if sp.is_control(i) or sp.is_unknown(i)]
+    bos = sp.id_to_piece(sp.bos_id())
+    prefix = sp.normalize("a").startswith("▁")  # add_dummy_prefix
+    replace = {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}
+    decoders = [{"type": "Replace", "pattern": {"String": "▁"}, "content": " "}, {"type": "ByteFallback"},
+                {"type": "Fuse"}] + ([{"type": "Strip", "content": " ", "start": 1, "stop": 0}] if prefix else [])
+    return {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": i, "content": sp.id_to_piece(i), "single_word": False, "lstrip": False,
+                          "rstrip": False, "normalized": False, "special": True} for i in specials],
+        "normalizer": {"type": "Sequence", "normalizers": ([{"type": "Prepend", "prepend": "▁"}] if prefix else [])
+                       + [replace]},
+        "pre_tokenizer": None,
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {bos: {"id": bos, "ids": [sp.bos_id()], "tokens": [bos]}},
+        },
+        "decoder": {"type": "Sequence", "decoders": decoders},
+        "model": {"type": "BPE", "dropout": None, "unk_token": sp.id_to_piece(sp.unk_id()),
+                  "continuing_subword_prefix": None, "end_of_word_suffix": None, "fuse_unk": True,
+                  "byte_fallback": True, "ignore_merges": False, "vocab": vocab, "merges": [list(m) for m in merges]},
+    }
+
+
+def hf_tokenizer_files(tokenizer_model, model_max_length=None):
+    """{name: bytes} of the files that transformers' AutoTokenizer and mlx-lm read beside tokenizer.model, made
+    from the SentencePiece model alone (no transformers needed): tokenizer.json, tokenizer_config.json,
+    special_tokens_map.json and generation_config.json. Raises ValueError for a tokenizer they cannot reproduce."""
+    sp = spm.SentencePieceProcessor(model_file=tokenizer_model)
+    check_normalization(sp, "transformers")
+    if sp.bos_id() < 0:
+        raise ValueError("the tokenizer.model has no BOS token (<s>), which the model's text starts with")
+    special = {"bos_token": sp.id_to_piece(sp.bos_id()), "unk_token": sp.id_to_piece(sp.unk_id())}
+    if sp.eos_id() >= 0:
+        special["eos_token"] = sp.id_to_piece(sp.eos_id())
+    # PreTrainedTokenizerFast runs tokenizer.json exactly as written. transformers 5's LlamaTokenizer would rebuild
+    # the pipeline around the vocabulary and prepend "▁" only when the text does not already start with a space,
+    # so " x" would not encode as SentencePiece encodes it.
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", **special, "pad_token": None,
+              "add_bos_token": True, "add_eos_token": False, "clean_up_tokenization_spaces": False,
+              "split_special_tokens": True,  # "<s>" typed in the text is text, as in SentencePiece
+              "model_max_length": model_max_length or 1_000_000_000,
+              "added_tokens_decoder": {str(i): {"content": sp.id_to_piece(i), "lstrip": False, "normalized": False,
+                                                "rstrip": False, "single_word": False, "special": True}
+                                       for i in range(sp.vocab_size()) if sp.is_control(i) or sp.is_unknown(i)}}
+    generation = {"bos_token_id": sp.bos_id(), **({"eos_token_id": sp.eos_id()} if sp.eos_id() >= 0 else {})}
+    files = {"tokenizer.json": hf_tokenizer_json(sp), "tokenizer_config.json": config,
+             "special_tokens_map.json": special, "generation_config.json": generation}
+    return {name: json.dumps(obj, indent=2, ensure_ascii=False).encode("utf-8") for name, obj in files.items()}
+
+
+def read_config(path):
+    """A checkpoint folder's config.json as a dict, or a one-line exit that says what is wrong and what to do."""
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        sys.exit(f"error: no checkpoint in {path!r} (config.json missing); train one first: python train.py")
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        sys.exit(f"error: {config_path} is not valid JSON ({e.__class__.__name__}: {e}); it was edited or damaged: "
+                 f"restore it from a copy of the folder")
+    if not isinstance(config, dict):
+        sys.exit(f"error: {config_path} holds no JSON object; restore it from a copy of the folder")
+    return config
