@@ -13,11 +13,11 @@ import traceback
 import types
 
 
-def configure(settings, argv=None, echo=sys.stdout):
+def configure(settings, argv=None, echo=None):
     """Override `settings` (a script's globals()) in place; returns all settings as {key: value}.
 
-    Each override is printed to `echo`: stdout, stderr where stdout is for the output (generate.py), None for
-    silence (train.py's ranks after the first)."""
+    Each override is printed to `echo`: stdout when None, stderr where stdout is for the output (generate.py),
+    nowhere when False (train.py's ranks after the first)."""
     argv = sys.argv[1:] if argv is None else argv
     keys = sorted(k for k, v in settings.items() if not k.startswith("_") and isinstance(v, (bool, int, float, str)))
     if "-h" in argv or "--help" in argv:
@@ -41,8 +41,8 @@ def configure(settings, argv=None, echo=sys.stdout):
             overrides[key] = _check(key, _parse(key, text, settings, keys), settings, keys)
     settings.update(overrides)
     for key, value in overrides.items():
-        if echo:
-            print(f"Overriding: {key} = {value!r}", file=echo)
+        if echo is not False:
+            print(f"Overriding: {key} = {value!r}", file=echo or sys.stdout)
     return {k: settings[k] for k in keys}
 
 

@@ -70,7 +70,7 @@ threads = 0  # CPU worker threads sharing each batch; 0: as many as cores (divid
 peak_flops = 0.0  # the device's matmul peak for MFU; 0 measures it at start
 # -----------------------------------------------------------------------------
 group = mx.distributed.init()  # a group of one unless started by mlx.launch
-settings = configure(globals(), echo=sys.stdout if group.rank() == 0 else None)
+settings = configure(globals(), echo=None if group.rank() == 0 else False)  # rank 0 alone prints
 
 for name in ("batch_size", "gradient_accumulation_steps", "max_iters", "eval_interval", "eval_iters", "log_interval",
              "max_seq_len"):

@@ -61,3 +61,18 @@ def test_scripts_refuse_unknown_settings_with_one_line_and_nonzero_exit():
         assert r.returncode != 0
         assert r.stderr.strip().startswith("error: unknown setting 'bogus'; valid settings:")
         assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_each_override_is_echoed_and_a_broken_preset_names_its_line(tmp_path, capsys):
+    preset = tmp_path / "preset.py"
+    preset.write_text("batch_size = 4\n")
+    configure(defaults(), [str(preset), "--compile=False"])
+    assert capsys.readouterr().out.splitlines() == ["Overriding: batch_size = 4", "Overriding: compile = False"]
+    configure(defaults(), ["--batch_size=2"], echo=False)
+    assert capsys.readouterr().out == ""
+    for text, message in [("batch_size = 4\nlearning_rate = (1e-3\n", "preset.py, line 2: '(' was never closed"),
+                          ("batch_size = 4\n\nbatch_size = 1 // 0\n", "preset.py, line 3: ZeroDivisionError")]:
+        preset.write_text(text)
+        with pytest.raises(SystemExit) as e:
+            configure(defaults(), [str(preset)])
+        assert str(e.value).startswith("error: preset file ") and message in str(e.value), e.value

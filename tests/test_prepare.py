@@ -286,6 +286,25 @@ def test_stdlib_corpus_is_the_library_without_its_tests():
 
 # ----------------------------------------------------------------------------- bad input
 
+def test_too_small_a_vocabulary_names_the_smallest_that_works(tmp_path):
+    corpus_dir = write_corpus(tmp_path / "c", make_docs(40) + [TRICKY])
+    message = error_of([f"--input={corpus_dir}", "--dataset=v", "--vocab_size=1"], tmp_path)
+    smallest = int(message.split("use --vocab_size=")[1].split()[0])
+    assert "--vocab_size=1 is too small" in message and smallest > 259  # 256 bytes and 3 specials at least
+    assert "too small" in error_of([f"--input={corpus_dir}", "--dataset=v", f"--vocab_size={smallest - 1}"], tmp_path)
+    out = run(tmp_path, f"--input={corpus_dir}", "--dataset=v", f"--vocab_size={smallest}")
+    assert json.loads((out / "meta.json").read_text())["vocab_size"] == smallest
+
+
+def test_leftovers_of_a_killed_run_are_cleaned_up(tmp_path):
+    corpus_dir = write_corpus(tmp_path / "c", make_docs(20))
+    out = tmp_path / "data" / "left"
+    out.mkdir(parents=True)
+    (out / "train.bin.tmp").write_bytes(b"half a token file")
+    run(tmp_path, f"--input={corpus_dir}", "--dataset=left")
+    assert sorted(os.listdir(out)) == ["meta.json", "tokenizer.model", "train.bin", "val.bin"]
+
+
 def test_bad_input_exits_with_one_clear_line_and_writes_nothing(tmp_path, tiny_model):
     corpus_dir = str(write_corpus(tmp_path / "c", make_docs(40)))
     empty = write_corpus(tmp_path / "empty", ["", "  \n\n"])
@@ -299,6 +318,7 @@ def test_bad_input_exits_with_one_clear_line_and_writes_nothing(tmp_path, tiny_m
         "--tokenizer=": [f"--input={corpus_dir}", "--dataset=x", f"--tokenizer={tmp_path}/missing.model"],
         "not a SentencePiece model": [f"--input={corpus_dir}", "--dataset=x", f"--tokenizer={tmp_path}/junk.model"],
         "too small": [f"--input={corpus_dir}", "--dataset=x", "--vocab_size=100"],
+        "too small for this corpus": [f"--input={corpus_dir}", "--dataset=x", "--vocab_size=-3"],
         "too large": [f"--input={corpus_dir}", "--dataset=x", "--vocab_size=100000"],
         "needs --dataset=NAME": [f"--input={corpus_dir}"],
         "unknown --dataset=nope": ["--dataset=nope"],

@@ -197,3 +197,26 @@ def test_bad_inputs_get_one_line_errors(work, tmp_path):
     r = run("train.py", "--dataset=other", "--out_dir=mismatch", "--init_from=resume", "--max_iters=2", *TINY,
             cwd=work, ok=False)
     assert "different tokenizer" in error_line(r)
+
+
+def test_bfloat16_trains_on_float32_master_weights(work):
+    # dtype=bfloat16 (what dtype=auto picks on a GPU): the forward and backward pass in bfloat16, the weights and
+    # AdamW's moments in float32. So its losses track a float32 run's, and an update far below bfloat16's
+    # resolution (1e-6 against weights of ~0.02, whose bfloat16 step is ~1e-4) is not rounded away.
+    common = ["--dataset=tiny", "--max_iters=5", "--eval_interval=5", *TINY, "--threads=1", "--peak_flops=1e12"]
+    run("train.py", "--out_dir=fp32", "--dtype=float32", *common, cwd=work)
+    run("train.py", "--out_dir=bf16", "--dtype=bfloat16", *common, cwd=work)
+    fp32, bf16 = losses(work / "fp32"), losses(work / "bf16")
+    assert bf16 != fp32 and bf16 == pytest.approx(fp32, rel=0.02)
+    tensors = {name: mx.load(str(work / "bf16" / name)) for name in ("model.safetensors", "optimizer.safetensors")}
+    assert all(v.dtype == mx.float32 for t in tensors.values() for k, v in t.items() if not k.endswith(".step"))
+
+    tiny_step = ["--warmup_iters=0", "--max_iters=2", "--eval_interval=2", "--dtype=bfloat16", "--peak_flops=1e12"]
+    for name, lr in (("still", "0.0"), ("tiny_update", "1e-6")):
+        run("train.py", "--dataset=tiny", f"--out_dir={name}", *TINY, *tiny_step, f"--learning_rate={lr}",
+            f"--min_lr={lr}", cwd=work)
+    still, moved = (mx.load(str(work / name / "model.safetensors")) for name in ("still", "tiny_update"))
+    changed = [k for k in still if not mx.array_equal(still[k], moved[k]).item()]
+    assert len(changed) == len(still)  # every tensor moved, by about 1e-6 a step
+    w = "model.layers.0.self_attn.q_proj.weight"
+    assert 0 < mx.abs(moved[w] - still[w]).max().item() < 1e-5
