@@ -1,11 +1,15 @@
 """
 Sample text from a checkpoint folder written by train.py (or any llama folder with a tokenizer.model).
 
-Reads out_dir/{config.json,model.safetensors,tokenizer.model}; prints the samples as they are produced.
+Reads out_dir/{config.json,model.safetensors,tokenizer.model}; prints the samples as they are produced. With
+--interactive=True it reads prompts from stdin instead, one a line, and prints one sample for each, until an empty
+line or the end of the input (Ctrl-D).
 
     python generate.py --prompt="def fibonacci(n):" --max_new_tokens=200 --temperature=0.7
     python generate.py --prompt=FILE:prompt.txt --num_samples=3 --top_k=50
+    printf 'the cat\nthe dog\n' | python generate.py --interactive=True --temperature=0
 """
+import itertools
 import os
 import sys
 import time
@@ -15,16 +19,20 @@ import mlx.core as mx
 import sentencepiece as spm
 
 from configurator import configure
+from sampling import generate, stream_text
 
 # -----------------------------------------------------------------------------
 out_dir = "out"  # the checkpoint folder
 prompt = ""  # the text to continue; FILE:path reads it from a file; empty starts a new document
-num_samples = 2
+interactive = False  # read the prompts from stdin, one a line, one sample each; an empty line or end of input stops
+num_samples = 2  # samples of the prompt (not with interactive)
 max_new_tokens = 300
 temperature = 0.8  # 0 means greedy: always the most likely token
 top_k = 0  # keep only the k most likely tokens; 0 keeps all
 top_p = 0.95  # keep the smallest set of tokens whose probability reaches p (nucleus sampling); 1 keeps all
-repetition_penalty = 1.0  # > 1 makes tokens already in the context less likely (CTRL's rule); 1 is off
+min_p = 0.0  # keep only the tokens at least min_p times as likely as the most likely one; 0 keeps all
+repetition_penalty = 1.0  # > 1 makes the tokens of the recent context less likely (CTRL's rule); 1 is off
+repetition_context = 20  # how many of the last tokens repetition_penalty looks at; 0 means the whole context
 seed = 1337
 # -----------------------------------------------------------------------------
 configure(globals(), echo=sys.stderr)
@@ -34,7 +42,8 @@ if prompt.startswith("FILE:"):
     with open(prompt[5:], encoding="utf-8") as f:
         prompt = f.read()
 for name, ok in (("temperature", temperature >= 0), ("top_k", top_k >= 0), ("top_p", 0 < top_p <= 1),
-                 ("repetition_penalty", repetition_penalty > 0), ("max_new_tokens", max_new_tokens > 0)):
+                 ("min_p", 0 <= min_p < 1), ("repetition_penalty", repetition_penalty > 0),
+                 ("repetition_context", repetition_context >= 0), ("max_new_tokens", max_new_tokens > 0)):
     if not ok:
         sys.exit(f"error: {name}={globals()[name]} is out of range (see python generate.py --help)")
 
@@ -45,76 +54,65 @@ if not os.path.isfile(tokenizer_path):
 sp = spm.SentencePieceProcessor(model_file=tokenizer_path)
 max_seq_len = model.args.max_seq_len
 mx.random.seed(seed)
+sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                repetition_penalty=repetition_penalty, repetition_context=repetition_context)
 
 
-def sample(logits, context):  # logits: (vocab,) -> the next token id
-    if repetition_penalty != 1.0:
-        seen = mx.array(sorted(set(context)))
-        picked = logits[seen]
-        logits[seen] = mx.where(picked > 0, picked / repetition_penalty, picked * repetition_penalty)
-    if temperature == 0:
-        return mx.argmax(logits)
-    logits = logits / temperature
-    if top_k:
-        kth = mx.sort(logits)[-min(top_k, logits.size)]
-        logits = mx.where(logits < kth, -mx.inf, logits)
-    if top_p < 1.0:
-        order = mx.argsort(-logits)
-        probs = mx.softmax(logits[order])
-        drop = mx.cumsum(probs) - probs >= top_p  # tokens past the nucleus; the first one always stays
-        logits[order] = mx.where(drop, -mx.inf, logits[order])
-    return mx.random.categorical(logits)
+def encode(prompt):
+    tokens = [sp.bos_id()] + sp.encode(prompt)
+    if len(tokens) >= max_seq_len:
+        print(f"note: the prompt has {len(tokens)} tokens, more than the model's context of {max_seq_len}; "
+              f"the model sees its last {max_seq_len // 2}", file=sys.stderr)
+    return tokens
 
 
-def generate(tokens):
-    """Yield new token ids, using the KV cache; when the context is full, restart it from its last half."""
-    context = list(tokens)
-    while True:
-        window = context[-(max_seq_len // 2):] if len(context) >= max_seq_len else context
-        cache = model.make_cache()
-        logits = model(mx.array([window]), cache)[0, -1]
-        while cache[0].offset < max_seq_len:
-            token = sample(logits, context)
-            logits = model(token.reshape(1, 1), cache)[0, -1]
-            mx.async_eval(logits)  # compute the next step while Python hands this token out
-            context.append(token.item())
-            yield context[-1]
+def write_sample(prompt, prompt_tokens):
+    """The prompt and a continuation on stdout as it is produced, up to EOS or max_new_tokens; the speed on stderr."""
+    t0, arrivals = time.perf_counter(), []
 
+    def new_tokens():
+        for token in itertools.islice(generate(model, prompt_tokens, **sampling), max_new_tokens):
+            if token == sp.eos_id():
+                return
+            arrivals.append(time.perf_counter())
+            yield token
 
-prompt_tokens = [sp.bos_id()] + sp.encode(prompt)
-if len(prompt_tokens) >= max_seq_len:
-    print(f"note: the prompt has {len(prompt_tokens)} tokens, more than the model's context of {max_seq_len}; "
-          f"the model sees its last {max_seq_len // 2}", file=sys.stderr)
-# The sample is decoded together with the prompt, then printed from where the prompt ends: a tokenizer that puts a
-# space in front of a text (Llama 2's) would otherwise lose the space between them.
-prompt_text = sp.decode(prompt_tokens[1:])
-
-
-def continuation(new):
-    return sp.decode(prompt_tokens[1:] + new)[len(prompt_text):]
-
-
-for i in range(num_samples):
-    new, shown, t0 = [], 0, time.perf_counter()
     sys.stdout.write(prompt)
-    for token in generate(prompt_tokens):
-        if token == sp.eos_id() or len(new) == max_new_tokens:
-            break
-        new.append(token)
-        if len(new) == 1:
-            t_first = time.perf_counter()
-        # Decoding the whole sample each time keeps SentencePiece's spaces right; an incomplete UTF-8 character
-        # (byte fallback) decodes as U+FFFD and waits for its remaining bytes.
-        text = continuation(new)
-        if not text.endswith("\ufffd"):
-            sys.stdout.write(text[shown:])
-            sys.stdout.flush()
-            shown = len(text)
-    sys.stdout.write(continuation(new)[shown:] + "\n")
+    for text in stream_text(sp, prompt_tokens, new_tokens()):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    sys.stdout.flush()  # a program reading the answers through a pipe gets each one whole, now
     elapsed = time.perf_counter() - t0
-    if new:
-        rate = (len(new) - 1) / max(time.perf_counter() - t_first, 1e-9)
-        print(f"[{len(new)} tokens in {elapsed:.2f} s: prompt {len(prompt_tokens)} tokens in "
+    if arrivals:
+        t_first = arrivals[0]
+        rate = (len(arrivals) - 1) / max(time.perf_counter() - t_first, 1e-9)
+        print(f"[{len(arrivals)} tokens in {elapsed:.2f} s: prompt {len(prompt_tokens)} tokens in "
               f"{t_first - t0:.3f} s, then {rate:.1f} tokens/s]", file=sys.stderr)
-    if i < num_samples - 1:
-        print("-" * 60)
+
+
+def read_prompts():
+    """stdin's lines up to an empty one or the end; a terminal asks for each with "> " on stderr, which keeps stdout
+    to the text, as with a pipe."""
+    while True:
+        if sys.stdin.isatty():
+            sys.stderr.write("> ")
+            sys.stderr.flush()
+        line = sys.stdin.readline()
+        if not line and sys.stdin.isatty():
+            sys.stderr.write("\n")  # Ctrl-D leaves the cursor after "> "
+        line = line.rstrip("\r\n")
+        if not line:
+            return
+        yield line
+
+
+if interactive:
+    for line in read_prompts():
+        write_sample(line, encode(line))
+else:
+    prompt_tokens = encode(prompt)
+    for i in range(num_samples):
+        write_sample(prompt, prompt_tokens)
+        if i < num_samples - 1:
+            print("-" * 60)

@@ -150,11 +150,13 @@ class LlamaModel(nn.Module):
         self.embed_tokens = nn.Embedding(args.vocab_size, args.dim)
         self.layers = [TransformerBlock(args) for _ in range(args.n_layers)]
         self.norm = nn.RMSNorm(args.dim, eps=args.norm_eps)
+        self.grad_checkpoint = False  # train.py's setting: keep only each block's input for the backward pass
 
     def __call__(self, tokens, cache=None):
         h = self.embed_tokens(tokens)
         for i, layer in enumerate(self.layers):
-            h = layer(h, cache[i] if cache is not None else None)
+            block = nn.utils.checkpoint(layer) if self.grad_checkpoint else layer
+            h = block(h, cache[i] if cache is not None else None)
         return self.norm(h)
 
 

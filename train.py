@@ -10,6 +10,7 @@ and out_dir/log.jsonl.
     python train.py --init_from=resume                # continue out_dir exactly where it stopped
     mlx.launch -n 2 -- python train.py ...            # data parallel: 2 processes here, --hostfile for machines
 """
+import itertools
 import json
 import math
 import os
@@ -23,12 +24,15 @@ import numpy as np
 from model import MODEL_ARGS, Model, ModelArgs, cross_entropy, load_model, measure_peak_flops  # first: loads cpu.py
 import cpu
 import files
+import plot
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
+import sentencepiece as spm
 
 from configurator import configure
+from sampling import generate, stream_text
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -39,6 +43,8 @@ init_from = "scratch"  # "scratch", "resume" (continue out_dir), or a checkpoint
 eval_interval = 100  # evaluate and save a checkpoint every this many iterations
 eval_iters = 10  # batches per split in each evaluation
 log_interval = 10
+sample_prompt = ""  # at every eval, print (and log) a short sample that continues this; empty starts a document
+sample_tokens = 60  # how long that sample is; 0 prints none
 # model (vocab_size comes from the data; ignored when init_from loads a checkpoint)
 dim = 256
 n_layers = 4
@@ -66,6 +72,7 @@ seed = 1337
 dtype = "auto"  # of the forward and backward pass: "float32", "bfloat16", or "auto" (float32 on the CPU, bfloat16
 # on a GPU); weights and optimizer state stay float32 either way
 compile = True  # mx.compile the training step
+grad_checkpoint = False  # recompute each block's activations in the backward pass: less memory, more compute
 threads = 0  # CPU worker threads sharing each batch; 0: as many as cores (dividing batch_size), 1 on GPU/mlx.launch
 peak_flops = 0.0  # the device's matmul peak for MFU; 0 measures it at start
 # -----------------------------------------------------------------------------
@@ -148,6 +155,7 @@ if train_info["vocab_size"] > args.vocab_size:
              f"({args.vocab_size}); prepare the data with the model's tokenizer")
 if max_seq_len > args.max_seq_len:
     sys.exit(f"error: max_seq_len={max_seq_len} exceeds the model's context ({args.max_seq_len})")
+model.model.grad_checkpoint = grad_checkpoint
 mx.eval(model.parameters())  # float32: the weights the optimizer updates, whatever dtype computes with them
 
 
@@ -218,7 +226,11 @@ state = [model.state, optimizer.state]
 # the real arrays in their place.
 compiled = (lambda f: mx.compile(f, inputs=state, outputs=state)) if compile else (lambda f: f)
 if threads > 1:  # on the CPU: each batch split over worker threads, each with its own stream (cpu.py)
-    workers = cpu.Workers(model, lambda: Model(args), loss_fn, threads, compile, cores)
+    def replica():
+        r = Model(args)
+        r.model.grad_checkpoint = grad_checkpoint
+        return r
+    workers = cpu.Workers(model, replica, loss_fn, threads, compile, cores)
     forward_backward, forward = workers.forward_backward, workers.forward
 else:
     loss_and_grad = nn.value_and_grad(model, loss_fn)
@@ -294,6 +306,16 @@ def save_checkpoint(it):
                  f"{kept}. Then resume with python train.py --init_from=resume (plus the same settings)")
 
 
+sp = spm.SentencePieceProcessor(model_file=tokenizer_path)
+sample_prompt_tokens = [sp.bos_id()] + sp.encode(sample_prompt)
+
+
+def sample_text(it):  # what the model writes now, decoded as generate.py does; the same text in every run
+    mx.random.seed(seed + it)
+    tokens = itertools.takewhile(lambda t: t != sp.eos_id(), generate(model, sample_prompt_tokens))
+    return sample_prompt + "".join(stream_text(sp, sample_prompt_tokens, itertools.islice(tokens, sample_tokens)))
+
+
 def log(record, line):
     print(line, flush=True)
     log_file.write(json.dumps(record) + "\n")
@@ -320,11 +342,15 @@ def stopping():
     return bool(all_mean(mx.array(float(len(stop)))).item()) if world > 1 else bool(stop)
 
 
-def logged_by(line, it):
-    try:
-        return json.loads(line)["iter"] <= it
-    except (ValueError, KeyError, TypeError):  # a line that a kill cut short
-        return False
+def log_records(path):  # log.jsonl's records, less a last line that a kill cut short
+    records = []
+    with open(path) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                pass
+    return records
 
 
 saved_iter = start_iter
@@ -332,9 +358,8 @@ if master:
     os.makedirs(out_dir, exist_ok=True)
     log_path = os.path.join(out_dir, "log.jsonl")
     if init_from == "resume" and os.path.exists(log_path):  # forget what was logged after the checkpoint
-        with open(log_path) as f:
-            kept = [line for line in f if logged_by(line, start_iter)]
-        files.write_atomic(log_path, "".join(kept).encode())
+        kept = [r for r in log_records(log_path) if r["iter"] <= start_iter]
+        files.write_atomic(log_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
     log_file = open(log_path, "a" if init_from == "resume" else "w")
     print(f"model: {model.num_params() / 1e6:.2f}M parameters, {args.n_layers} layers, dim {args.dim}, "
           f"{args.n_heads} heads ({args.n_kv_heads} kv), vocab {args.vocab_size}, {compute_dtype}, "
@@ -386,6 +411,11 @@ for it in range(start_iter, max_iters):
                  "val_ppl": math.exp(losses["val"]), "val_bpb": bpb},
                 f"eval {done}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
                 f"val ppl {math.exp(losses['val']):.2f}, val {bpb:.3f} bits/byte")
+            if sample_tokens:
+                text = sample_text(done)
+                log({"iter": done, "sample": text}, f"sample {done}: {text}")
+            files.write_atomic(os.path.join(out_dir, "loss.svg"),  # the run so far, for a browser tab
+                               plot.loss_svg(log_records(log_path), tokens_per_iter, dataset).encode())
             save_checkpoint(done)
             saved_iter = done
             print(f"saved {out_dir}/ (iteration {done})")

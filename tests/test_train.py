@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,10 @@ def test_prepare_train_generate_end_to_end(work):
     assert [r["iter"] for r in evals] == [15, 30] and all(r["val_bpb"] > 0 for r in evals)
     first, last = records[0]["loss"], losses(out)[30]
     assert last < first - 1.0  # it learns
+    svg = ET.parse(out / "loss.svg").getroot()  # the picture of the run: both eval curves, a point per eval
+    curves = {e.get("class"): len(e.get("points").split()) for e in svg.iter("{http://www.w3.org/2000/svg}polyline")
+              if e.get("class")}
+    assert curves == {"train-loss": 30, "eval-train": 2, "eval-val": 2}
 
     r = run("generate.py", "--out_dir=e2e", "--prompt=the cat", "--temperature=0", "--max_new_tokens=20",
             "--num_samples=1", cwd=work)
@@ -220,3 +225,31 @@ def test_bfloat16_trains_on_float32_master_weights(work):
     assert len(changed) == len(still)  # every tensor moved, by about 1e-6 a step
     w = "model.layers.0.self_attn.q_proj.weight"
     assert 0 < mx.abs(moved[w] - still[w]).max().item() < 1e-5
+
+
+def test_each_eval_logs_a_sample_that_is_the_same_in_every_run(work):
+    common = ["--dataset=tiny", "--max_iters=4", "--eval_interval=2", *TINY, "--sample_prompt=the cat",
+              "--sample_tokens=12"]
+    outs = [run("train.py", f"--out_dir=sample{i}", *common, cwd=work).stdout for i in range(2)]
+    samples = [[json.loads(line)["sample"] for line in (work / f"sample{i}" / "log.jsonl").read_text().splitlines()
+                if "sample" in line] for i in range(2)]
+    assert len(samples[0]) == 2 and samples[0] == samples[1] and all(s.startswith("the cat") for s in samples[0])
+    assert samples[0][0] != samples[0][1]  # the model changed between the evals, and so did what it writes
+    assert f"sample 2: {samples[0][0]}" in outs[0] and f"sample 4: {samples[1][1]}" in outs[1]
+    common_2 = [a for a in common if a != "--max_iters=4"]
+    run("train.py", "--out_dir=sample_resumed", "--max_iters=2", "--lr_decay_iters=4", *common_2, cwd=work)
+    r = run("train.py", "--out_dir=sample_resumed", "--max_iters=4", "--init_from=resume", *common_2, cwd=work)
+    assert f"sample 4: {samples[0][1]}" in r.stdout  # a resumed run writes what the unbroken one did
+    r = run("train.py", "--out_dir=nosample", *common, "--sample_tokens=0", cwd=work)
+    assert "sample 2:" not in r.stdout
+
+
+def test_grad_checkpoint_gives_the_same_losses_and_gradients(work):
+    common = ["--dataset=tiny", "--max_iters=3", "--eval_interval=3", *TINY]
+    run("train.py", "--out_dir=plain", *common, cwd=work)
+    run("train.py", "--out_dir=checkpointed", *common, "--grad_checkpoint=True", cwd=work)
+    records = [[json.loads(line) for line in (work / d / "log.jsonl").read_text().splitlines()]
+               for d in ("plain", "checkpointed")]
+    for key in ("loss", "grad_norm", "val_loss"):
+        plain, checkpointed = ([r[key] for r in rs if key in r] for rs in records)
+        assert checkpointed == pytest.approx(plain, rel=1e-5), key

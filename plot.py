@@ -1,0 +1,147 @@
+"""
+A training run's loss as an SVG image: plain text, no plotting library, so it works wherever train.py does.
+
+Reads the records of log.jsonl; train.py writes loss_svg(...) to out_dir/loss.svg at every eval, so a browser
+tab on that file shows the run so far. By hand, for a run's log (16384 = its tokens per iteration):
+
+    python -c "import json, plot; print(plot.loss_svg(map(json.loads, open('out/log.jsonl')), 16384))" >loss.svg
+"""
+import math
+from xml.sax.saxutils import escape
+
+W, H = 800, 450
+LEFT, RIGHT, TOP, BOTTOM = 70, W - 70, 50, H - 60  # the plot area; the margins hold the labels
+CURVES = {  # class: (log.jsonl key, legend, colour, line width)
+    "train-loss": ("loss", "train loss", "#9ecae1", 1),
+    "eval-train": ("train_loss", "eval train loss", "#1f77b4", 2),
+    "eval-val": ("val_loss", "eval val loss", "#e6550d", 2),
+}
+MAX_POINTS = 1000
+
+
+def _num(record, key):
+    # A line a kill cut short, a NaN, an inf, or a value so near the float limit that scaling it would overflow
+    # is skipped: the chart shows what can be drawn, and never raises.
+    try:
+        v = float(record[key])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return v if abs(v) < 1e300 else None  # False for NaN too
+
+
+def _points(records, key):
+    pts = ((_num(r, "iter"), _num(r, key)) for r in records)
+    return [(x, y) for x, y in pts if x is not None and y is not None]
+
+
+def _last_eval(records):
+    # bpb = val_loss / ln 2 * n_tokens / n_bytes is val loss times one constant per run, k = val_bpb / val_loss:
+    # the right axis relabels the loss ticks with it instead of drawing a fourth curve that repeats the val one.
+    for r in reversed(records):
+        it, v, b = _num(r, "iter"), _num(r, "val_loss"), _num(r, "val_bpb")
+        if it is not None and v and b is not None and abs(b / v) < 1e300:
+            return it, v, b
+    return None
+
+
+def _thin(pts):
+    # A point per logged iteration makes a long run's SVG megabytes, rewritten at every eval. Averaging runs of
+    # neighbours keeps it small; picking every n-th point instead would alias the noise into false wiggles.
+    n = max(1, -(-len(pts) // MAX_POINTS))
+    chunks = [pts[i:i + n] for i in range(0, len(pts), n)]
+    return [(sum(p[0] for p in c) / len(c), sum(p[1] for p in c) / len(c)) for c in chunks]
+
+
+def _ticks(lo, hi, integer=False):
+    """Round tick values (1, 2 or 5 times a power of ten apart) covering [lo, hi], and that step."""
+    if hi - lo <= 1e-9 * max(abs(lo), abs(hi), 1e-300):  # one value, or all equal: give it room
+        pad = abs(lo) * 0.1 or 1.0
+        lo, hi = lo - pad, hi + pad
+    raw = (hi - lo) / 5
+    mag = 10.0 ** math.floor(math.log10(raw))
+    step = mag * next(m for m in (1, 2, 5, 10) if m * mag >= raw)
+    step = max(step, 1) if integer else step
+    ticks = [k * step for k in range(math.floor(lo / step), math.ceil(hi / step) + 1)]
+    return [t for t in ticks if math.isfinite(t)], step
+
+
+def _fmt(v, step):
+    # The decimals the step needs: 3.2 and 3.4, not 3.2000000000000002; 10000, not 1e+04.
+    return f"{v:.{max(0, -math.floor(math.log10(step)))}f}" if abs(v) < 1e6 else f"{v:.3g}"
+
+
+def _si(v):  # 1200000 -> 1.2M, 340000 -> 340k
+    for unit in ("", "k", "M", "B"):
+        if abs(v) < 999.5:
+            return f"{v:.3g}{unit}"
+        v /= 1000
+    return f"{v:.3g}T"
+
+
+def _text(x, y, s, anchor="middle", cls="label", extra=""):
+    return f'<text class="{cls}" x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}"{extra}>{escape(str(s))}</text>'
+
+
+def loss_svg(records, tokens_per_iter, title=""):
+    """records: the dicts of log.jsonl in order. Training lines have "iter" and "loss"; eval lines have "iter",
+    "train_loss", "val_loss" and "val_bpb". Returns the text of an SVG image."""
+    records = list(records)
+    curves = {name: _points(records, key) for name, (key, *_) in CURVES.items()}
+    last = _last_eval(records)
+    head = [title] if title else []
+    if last:
+        head.append(f"iter {last[0]:.0f}: val loss {last[1]:.3f} nats/token, {last[2]:.3f} bits/byte")
+    elif curves["train-loss"]:
+        head.append(f"iter {curves['train-loss'][-1][0]:.0f}: train loss {curves['train-loss'][-1][1]:.3f}")
+    curves["train-loss"] = _thin(curves["train-loss"])
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" version="1.1" width="{W}" height="{H}" '
+           f'viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{W}" height="{H}" fill="white"/>',
+           _text(W / 2, 26, " | ".join(head), cls="title", extra=' font-size="15"')]
+    pts = [p for c in curves.values() for p in c]
+    if not pts:
+        return "\n".join(out + [_text(W / 2, H / 2, "no data yet", extra=' fill="#888"'), "</svg>\n"])
+
+    # x starts at iteration 0, so the chart also shows how far along the run is.
+    xticks = _ticks(min(0, min(x for x, _ in pts)), max(x for x, _ in pts), integer=True)[0]
+    yticks, ystep = _ticks(min(y for _, y in pts), max(y for _, y in pts))
+    x0, x1, y0, y1 = xticks[0], xticks[-1], yticks[0], yticks[-1]
+    sx = lambda x: LEFT + (x - x0) / (x1 - x0) * (RIGHT - LEFT)  # noqa: E731
+    sy = lambda y: BOTTOM - (y - y0) / (y1 - y0) * (BOTTOM - TOP)  # noqa: E731
+    k = last[2] / last[1] if last else None
+    val = CURVES["eval-val"][2]  # the right axis is the val curve's second scale, so it wears its colour
+    for t in yticks:
+        out += [f'<line x1="{LEFT}" y1="{sy(t):.1f}" x2="{RIGHT}" y2="{sy(t):.1f}" stroke="#eee"/>',
+                _text(LEFT - 6, sy(t) + 4, _fmt(t, ystep), "end", "y-tick")]
+        if k is not None:
+            out.append(_text(RIGHT + 6, sy(t) + 4, f"{t * k:.3g}", "start", "bpb-tick", f' fill="{val}"'))
+    for t in xticks:
+        out += [f'<line x1="{sx(t):.1f}" y1="{TOP}" x2="{sx(t):.1f}" y2="{BOTTOM}" stroke="#eee"/>',
+                _text(sx(t), BOTTOM + 16, _si(t), cls="x-tick")]
+        if tokens_per_iter:
+            out.append(_text(sx(t), BOTTOM + 32, _si(t * tokens_per_iter), cls="token-tick", extra=' fill="#666"'))
+    # The titles of the two x scales head their rows of labels, like a table.
+    out += [f'<polyline points="{LEFT},{TOP} {LEFT},{BOTTOM} {RIGHT},{BOTTOM}" fill="none" stroke="#333"/>',
+            _text(LEFT - 10, BOTTOM + 16, "iteration", "end", "axis-title")]
+    if tokens_per_iter:
+        out.append(_text(LEFT - 10, BOTTOM + 32, "tokens", "end", "axis-title", ' fill="#666"'))
+    mid = (TOP + BOTTOM) / 2
+    out.append(_text(18, mid, "loss (nats/token)", cls="axis-title", extra=f' transform="rotate(-90 18 {mid})"'))
+    if k is not None:
+        out += [f'<line x1="{RIGHT}" y1="{TOP}" x2="{RIGHT}" y2="{BOTTOM}" stroke="{val}"/>',
+                _text(W - 14, mid, "val bits/byte", cls="axis-title",
+                      extra=f' fill="{val}" transform="rotate(90 {W - 14} {mid})"')]
+
+    ly = TOP + 14
+    for name, (_, legend, colour, width) in CURVES.items():
+        if not curves[name]:
+            continue
+        xy = [(sx(x), sy(y)) for x, y in curves[name]]
+        out.append(f'<polyline class="{name}" points="{" ".join(f"{a:.1f},{b:.1f}" for a, b in xy)}" '
+                   f'fill="none" stroke="{colour}" stroke-width="{width}" stroke-linejoin="round"/>')
+        if name != "train-loss" or len(xy) == 1:  # evals are few, each worth seeing; one point draws no line
+            out.extend(f'<circle class="{name}" cx="{a:.1f}" cy="{b:.1f}" r="3" fill="{colour}"/>' for a, b in xy)
+        out += [f'<line x1="{RIGHT - 150}" y1="{ly - 4}" x2="{RIGHT - 126}" y2="{ly - 4}" stroke="{colour}" '
+                f'stroke-width="{width + 1}"/>', _text(RIGHT - 120, ly, legend, "start", "legend")]
+        ly += 16
+    return "\n".join(out + ["</svg>\n"])
