@@ -265,6 +265,23 @@ def evaluate():
     return out
 
 
+def evaluate_whole_val():
+    # Every val token once (windows side by side, each predicting its tokens from the ones before it in the
+    # window), so the number a run ends with does not depend on which random windows the evals drew.
+    windows = (len(val_data) - 1) // max_seq_len
+    total, count = mx.array(0.0), 0
+    for start in range(rank * batch_size, windows, batch_size * world):  # each process a share of the batches
+        n = min(batch_size, windows - start)
+        xy = np.stack([val_data[i * max_seq_len:(i + 1) * max_seq_len + 1] for i in range(start, start + n)])
+        x, y = mx.array(xy[:, :-1].astype(np.int32)), mx.array(xy[:, 1:].astype(np.int32))
+        loss = forward(x, y) if n == batch_size else loss_fn(model, x, y)  # the workers split whole batches
+        total, count = total + loss * n, count + n
+        mx.eval(total)
+    if world > 1:
+        total, count = mx.distributed.all_sum(total, group=group), mx.distributed.all_sum(mx.array(count), group=group)
+    return (total / count).item(), windows * max_seq_len
+
+
 # the checkpoint: written as one set (files.py), so a crash at any moment leaves the last one whole -------------
 try:  # tokenizer.json and friends, so transformers and mlx-lm load the folder as it is
     hf_files = files.hf_tokenizer_files(tokenizer_path, args.max_seq_len)
@@ -420,6 +437,12 @@ for it in range(start_iter, max_iters):
             saved_iter = done
             print(f"saved {out_dir}/ (iteration {done})")
         t_last, it_last = time.perf_counter(), done  # evaluation time is not training time
+    if done == max_iters:
+        val_full, n_full = evaluate_whole_val()
+        if master:
+            bpb = val_full / math.log(2) * val_info["n_tokens"] / val_info["n_bytes"]
+            log({"iter": done, "val_loss_full": val_full, "val_bpb_full": bpb, "val_tokens_full": n_full},
+                f"final: the whole val split ({n_full:,} tokens): val loss {val_full:.4f}, {bpb:.3f} bits/byte")
     if stop_now:
         if master:
             print(f"interrupted: resume with python train.py --init_from=resume (plus the same settings)")

@@ -253,3 +253,23 @@ def test_grad_checkpoint_gives_the_same_losses_and_gradients(work):
     for key in ("loss", "grad_norm", "val_loss"):
         plain, checkpointed = ([r[key] for r in rs if key in r] for rs in records)
         assert checkpointed == pytest.approx(plain, rel=1e-5), key
+
+
+def test_the_run_ends_with_the_loss_over_the_whole_val_split(work):
+    run("train.py", "--dataset=tiny", "--out_dir=full_val", "--max_iters=3", "--eval_interval=3", *TINY, cwd=work)
+    final = [json.loads(line) for line in (work / "full_val" / "log.jsonl").read_text().splitlines()
+             if "val_loss_full" in line]
+    assert len(final) == 1
+    # the same number, computed here the plain way: every window of max_seq_len tokens, side by side
+    import numpy as np
+    import files
+    from model import cross_entropy
+    model, _ = load_model(str(work / "full_val"))
+    val, info = files.read_tokens(str(work / "data" / "tiny" / "val.bin"))
+    T = 32
+    xy = np.stack([val[i * T:(i + 1) * T + 1] for i in range((len(val) - 1) // T)]).astype(np.int32)
+    loss = cross_entropy(model(mx.array(xy[:, :-1])), mx.array(xy[:, 1:])).mean().item()
+    assert final[0]["val_loss_full"] == pytest.approx(loss, rel=1e-5)
+    assert final[0]["val_tokens_full"] == xy.size - len(xy)
+    bpb = final[0]["val_loss_full"] / np.log(2) * info["n_tokens"] / info["n_bytes"]
+    assert final[0]["val_bpb_full"] == pytest.approx(bpb, rel=1e-9)
