@@ -14,6 +14,7 @@ import itertools
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import sys
@@ -69,8 +70,8 @@ beta2 = 0.95
 grad_clip = 1.0  # clip the global gradient norm; 0 disables
 # system
 seed = 1337
-dtype = "auto"  # of the forward and backward pass: "float32", "bfloat16", or "auto" (float32 on the CPU, bfloat16
-# on a GPU); weights and optimizer state stay float32 either way
+dtype = "auto"  # of the forward and backward pass: "float32", "bfloat16", or "auto" (bfloat16 where the GPU has it
+# natively, else float32); weights and optimizer state stay float32 either way
 compile = True  # mx.compile the training step
 grad_checkpoint = False  # recompute each block's activations in the backward pass: less memory, more compute
 threads = 0  # CPU worker threads sharing each batch; 0: as many as cores (dividing batch_size), 1 on GPU/mlx.launch
@@ -89,7 +90,11 @@ master = rank == 0  # only rank 0 logs, evaluates to the console and writes file
 lr_decay_iters = lr_decay_iters or max_iters
 tokens_per_iter = batch_size * gradient_accumulation_steps * world * max_seq_len
 on_gpu = mx.default_device() == mx.gpu
-compute_dtype = {"auto": mx.bfloat16 if on_gpu else mx.float32, "float32": mx.float32,
+# auto: bfloat16 where the device computes it natively (CUDA GPUs; Apple GPUs from the M3 on, Metal's applegpu_g15
+# and later), float32 elsewhere: M1 and M2 GPUs only emulate bfloat16, and the CPU has no bfloat16 BLAS (README).
+apple_gpu = re.match(r"applegpu_g(\d+)", str(mx.device_info().get("architecture", ""))) if on_gpu else None
+native_bf16 = on_gpu and (int(apple_gpu[1]) >= 15 if apple_gpu else not mx.metal.is_available())
+compute_dtype = {"auto": mx.bfloat16 if native_bf16 else mx.float32, "float32": mx.float32,
                  "bfloat16": mx.bfloat16}.get(dtype)
 if compute_dtype is None:
     sys.exit(f"error: dtype={dtype!r} is not one of auto, float32, bfloat16")
