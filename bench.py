@@ -28,7 +28,7 @@ import mlx.optimizers as optim
 
 import corpus
 import files
-from configurator import configure
+from configurator import configure, read_preset
 
 # -----------------------------------------------------------------------------
 only = "peak,train,split,generate,prepare"  # which measurements to run, comma separated
@@ -97,9 +97,7 @@ def bench_train():
                                 "--batch_size=16"], 4096, train_iters)]
     for preset in sorted(glob.glob(os.path.join(here, "config", "*.py"))):
         # the vocabulary prepare.py gives its dataset; big presets get fewer (slow) iterations
-        settings = {}
-        exec(open(preset).read(), {}, settings)
-        vocab = corpus.VOCAB_SIZES[settings["dataset"]]
+        vocab = corpus.VOCAB_SIZES[read_preset(preset)["dataset"]]
         runs.append((os.path.basename(preset), [preset], vocab, 3 if vocab > 1024 else train_iters))
         if vocab > 1024:  # the big presets are where memory runs out first
             runs.append((os.path.basename(preset) + ", grad_ckpt", [preset, "--grad_checkpoint=True"], vocab, 3))

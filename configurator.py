@@ -30,7 +30,7 @@ def configure(settings, argv=None, echo=None):
         if not arg.startswith("--"):
             if not os.path.isfile(arg):
                 sys.exit(f"error: preset file {arg!r} not found (settings are given as --key=value)")
-            preset = _run_preset(arg)
+            preset = read_preset(arg)
             for key, value in preset.items():
                 if not key.startswith("_") and not isinstance(value, types.ModuleType):  # a preset may import math
                     overrides[key] = _check(key, value, settings, keys, where=f" in {arg}")
@@ -44,22 +44,6 @@ def configure(settings, argv=None, echo=None):
         if echo is not False:
             print(f"Overriding: {key} = {value!r}", file=echo or sys.stdout)
     return {k: settings[k] for k in keys}
-
-
-def _run_preset(path):
-    """The assignments of a preset file, or a one-line exit naming the file and line that failed."""
-    with open(path, encoding="utf-8") as f:
-        source = f.read()
-    preset = {}
-    try:
-        exec(compile(source, path, "exec"), {}, preset)
-    except SyntaxError as e:
-        sys.exit(f"error: preset file {path}, line {e.lineno}: {e.msg}; a preset holds plain assignments such as "
-                 f"batch_size = 8")
-    except Exception as e:
-        line = next((t.lineno for t in reversed(traceback.extract_tb(e.__traceback__)) if t.filename == path), "?")
-        sys.exit(f"error: preset file {path}, line {line}: {type(e).__name__}: {e}")
-    return preset
 
 
 def _parse(key, text, settings, keys):
@@ -89,3 +73,20 @@ def _check(key, value, settings, keys, where=""):
     if type(value) is not type(default):
         sys.exit(f"error: {key}{where} expects {type(default).__name__}, got {value!r}")
     return value
+
+
+def read_preset(path):
+    """The assignments of a preset file, or a one-line exit naming the file and line that failed."""
+    namespace = {}  # one dict for globals and locals, so a comprehension in the preset sees its earlier lines
+    try:
+        with open(path, encoding="utf-8") as f:
+            exec(compile(f.read(), path, "exec"), namespace)
+    except SyntaxError as e:
+        sys.exit(f"error: preset file {path}, line {e.lineno}: {e.msg}; a preset holds plain assignments such as "
+                 f"batch_size = 8")
+    except UnicodeDecodeError as e:
+        sys.exit(f"error: preset file {path} is not UTF-8 text ({e.reason})")
+    except Exception as e:
+        line = next((t.lineno for t in reversed(traceback.extract_tb(e.__traceback__)) if t.filename == path), "?")
+        sys.exit(f"error: preset file {path}, line {line}: {type(e).__name__}: {e}")
+    return namespace

@@ -1,7 +1,7 @@
 """
 The CPU fast path: what makes training on MLX's CPU backend (Linux, or a Mac told to use its CPU) fast.
 
-On a GPU none of this runs. model.py takes attention and SiLU from here in one line, and train.py the loss and the
+On a GPU none of this runs. model.py takes attention, SiLU and the loss from here in one place, and train.py the
 worker threads, only when the default device is the CPU; every function here is tested against the MLX function it
 stands in for, values and gradients (tests/test_cpu.py). Why each exists (numbers in the README, "Speed"):
 
@@ -37,10 +37,16 @@ def _load_openblas():
     one under a renamed file and soname (auditwheel's), which the loader does not match to that name. A copy
     whose soname says libgfortran.so.5 again, loaded first, stands in for it, so pip alone gives the fast path.
     """
-    if sys.platform != "linux" or "mlx.core" in sys.modules:
+    if sys.platform != "linux" or _locate("mlx-cpu", lambda name: True) is None:
+        return None  # macOS has Accelerate; a CUDA build of MLX computes on the GPU
+    if "mlx.core" in sys.modules:
+        print("warning: mlx.core was imported before cpu.py, so OpenBLAS cannot replace its slow reference BLAS; "
+              "import model (or cpu) first", file=sys.stderr)
         return None
     openblas = _locate("cmeel-openblas", lambda name: name == "libopenblas.so.0")
     if openblas is None:
+        print("warning: cmeel-openblas is not installed, so matmuls will be ~40x slower; "
+              "pip install -r requirements.txt", file=sys.stderr)
         return None
     gfortran = _locate("mlx-cpu", lambda name: name.startswith("libgfortran-") and ".so" in name)
     quadmath = _locate("mlx-cpu", lambda name: name.startswith("libquadmath-") and ".so" in name)

@@ -102,7 +102,7 @@ if sp.eos_id() >= 0:
 w.add_unk_token_id(sp.unk_id())
 w.add_add_bos_token(True)
 w.add_add_eos_token(False)
-w.add_add_space_prefix(sp.normalize("a").startswith("▁"))
+w.add_add_space_prefix(files.adds_dummy_prefix(sp))
 
 # the weights, under llama.cpp's names and in its RoPE layout ---------------------------------------------------
 for name, t in tree_flatten(model.parameters()):
@@ -127,6 +127,8 @@ try:
     w.close()
     files.fsync(tmp)
     os.replace(tmp, path)  # a crash never leaves a half-written file under the real name
+except OSError as e:
+    sys.exit(f"error: {path} could not be written: {files.disk_full_hint(e, path)}")
 finally:
     if os.path.exists(tmp):
         os.remove(tmp)
@@ -134,8 +136,10 @@ print(f"wrote {path} ({os.path.getsize(path) / 1e6:.1f} MB, {dtype})")
 
 if hf_files:
     try:
-        for name, blob in files.hf_tokenizer_files(tokenizer_path).items():
+        for name, blob in files.hf_tokenizer_files(tokenizer_path, args.max_seq_len).items():
             files.write_atomic(os.path.join(out_dir, name), blob)
     except ValueError as e:
         sys.exit(f"error: {e}")
+    except OSError as e:
+        sys.exit(f"error: the tokenizer files could not be written: {files.disk_full_hint(e, out_dir)}")
     print(f"wrote {out_dir}/tokenizer.json, tokenizer_config.json, special_tokens_map.json, generation_config.json")

@@ -12,6 +12,7 @@ at the top of the folder. A new checkpoint is written whole into out_dir/.saving
 and only then moved into place; finish_checkpoint() completes a marked set after a crash and deletes an unmarked one.
 """
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -32,11 +33,19 @@ COMPLETE = ".complete"  # in .saving/: every file of the set is on disk
 
 # ----------------------------------------------------------------------------- writing safely
 
+def fsync_fd(fd):
+    # macOS's fsync leaves the data in the drive's cache, where a power loss still takes it; F_FULLFSYNC does not.
+    if sys.platform == "darwin":
+        fcntl.fcntl(fd, fcntl.F_FULLFSYNC)
+    else:
+        os.fsync(fd)
+
+
 def fsync(path):
     """Push a file, or a folder's list of names, to the disk: a rename is only as durable as what it renames."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        fsync_fd(fd)
     finally:
         os.close(fd)
 
@@ -48,7 +57,7 @@ def write_atomic(path, data):
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            fsync_fd(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -73,6 +82,10 @@ def sha256_file(path):
     return h.hexdigest()
 
 
+def token_dtype(itemsize):
+    return np.dtype("<u2" if itemsize == 2 else "<u4")
+
+
 def write_tokens(path, chunks, vocab_size, n_bytes, tokenizer_sha256):
     """Stream 1-D integer arrays into token file `path`; returns the token count.
 
@@ -80,7 +93,7 @@ def write_tokens(path, chunks, vocab_size, n_bytes, tokenizer_sha256):
     `chunks` yield (tokens, n_bytes) pairs instead. Tokens go to a temporary file whose header stays zero until
     the end, and it is renamed into place only when complete, so a crash never leaves a file that looks valid.
     """
-    dtype = np.dtype("<u2" if vocab_size <= 1 << 16 else "<u4")
+    dtype = token_dtype(2 if vocab_size <= 1 << 16 else 4)
     tmp, n_tokens, total_bytes = path + ".tmp", 0, 0
     try:
         with open(tmp, "wb") as f:
@@ -99,7 +112,7 @@ def write_tokens(path, chunks, vocab_size, n_bytes, tokenizer_sha256):
             f.write(HEADER.pack(MAGIC, VERSION, dtype.itemsize, vocab_size, n_tokens, n_bytes,
                                 bytes.fromhex(tokenizer_sha256)))
             f.flush()
-            os.fsync(f.fileno())
+            fsync_fd(f.fileno())
         os.replace(tmp, path)
     except BaseException:  # Ctrl-C and sys.exit too: never leave the temporary file behind
         if os.path.exists(tmp):
@@ -136,7 +149,7 @@ def read_tokens(path, tokenizer_path=None):
         if (actual := sha256_file(tokenizer_path)) != info["tokenizer_sha256"]:
             sys.exit(f"error: {path} was made with a different tokenizer than {tokenizer_path} (sha256 "
                      f"{info['tokenizer_sha256'][:12]}... vs {actual[:12]}...); {fix} so they match")
-    dtype = np.dtype("<u2" if itemsize == 2 else "<u4")
+    dtype = token_dtype(itemsize)
     if n_tokens == 0:  # mmap refuses an empty range
         return np.zeros(0, dtype), info
     return np.memmap(path, dtype, mode="r", offset=HEADER_SIZE, shape=(n_tokens,)), info
@@ -201,6 +214,10 @@ def check_normalization(sp, tool):
                          f"remove_extra_whitespaces=False")
 
 
+def adds_dummy_prefix(sp):  # whether SentencePiece puts a space in front of every text, as Llama 2's tokenizer does
+    return sp.normalize("a").startswith("▁")
+
+
 def hf_tokenizer_json(sp):
     """A SentencePiece BPE model as a Hugging Face `tokenizers` tokenizer.json: the pipeline of Llama 2's own
     tokenizer.json (transformers' LlamaConverter, legacy mode): "▁" in front if SentencePiece adds a dummy prefix,
@@ -219,7 +236,7 @@ def hf_tokenizer_json(sp):
             merges += sorted(pairs, key=lambda lr: (vocab[lr[0]], vocab[lr[1]]))
     specials = [i for i in range(n) if sp.is_control(i) or sp.is_unknown(i)]
     bos = sp.id_to_piece(sp.bos_id())
-    prefix = sp.normalize("a").startswith("▁")  # add_dummy_prefix
+    prefix = adds_dummy_prefix(sp)
     replace = {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}
     decoders = [{"type": "Replace", "pattern": {"String": "▁"}, "content": " "}, {"type": "ByteFallback"},
                 {"type": "Fuse"}] + ([{"type": "Strip", "content": " ", "start": 1, "stop": 0}] if prefix else [])
@@ -274,6 +291,9 @@ def hf_tokenizer_files(tokenizer_model, model_max_length=None):
 def read_config(path):
     """A checkpoint folder's config.json as a dict, or a one-line exit that says what is wrong and what to do."""
     config_path = os.path.join(path, "config.json")
+    if os.path.exists(os.path.join(path, SAVING, COMPLETE)):  # the folder may hold files of two checkpoints
+        sys.exit(f"error: a save into {path!r} was cut short, and some of its files are not in place yet; "
+                 f"python train.py --init_from=resume --out_dir={path} finishes it (or wait, if a run is saving)")
     if not os.path.isfile(config_path):
         sys.exit(f"error: no checkpoint in {path!r} (config.json missing); train one first: python train.py")
     try:

@@ -20,8 +20,8 @@ MAX_POINTS = 1000
 
 
 def _num(record, key):
-    # A line a kill cut short, a NaN, an inf, or a value so near the float limit that scaling it would overflow
-    # is skipped: the chart shows what can be drawn, and never raises.
+    # A missing value, a NaN, an inf, or a value so near the float limit that scaling it would overflow is
+    # skipped: the chart shows what can be drawn, and never raises.
     try:
         v = float(record[key])
     except (KeyError, TypeError, ValueError):

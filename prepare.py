@@ -70,17 +70,17 @@ for leftover in glob.glob(os.path.join(out_dir, "*.tmp")):  # from a run that wa
 
 # 1. the documents: read lazily, again for each split ------------------------------------------------------------
 if input or dataset == "pystdlib":
-    files = corpus.input_files(input) if input else corpus.stdlib_files()  # listed once: outputs may match a glob
+    paths = corpus.input_files(input) if input else corpus.stdlib_files()  # listed once: outputs may match a glob
     read = corpus.input_documents if input else corpus.stdlib_documents
     splits = ("train", "val")
-    documents = lambda split: (t for s, t in corpus.split_documents(read(files), val_fraction) if s == split)  # noqa
+    documents = lambda split: (t for s, t in corpus.split_documents(read(paths), val_fraction) if s == split)  # noqa
 else:
-    spec, paths = corpus.DATASETS[dataset], {}
+    spec, raw = corpus.DATASETS[dataset], {}
     for setting, (name, default_url, size, sha256) in spec["files"].items():
         path = os.path.join(out_dir, "raw", name)
-        paths[setting] = corpus.download(mirrors[setting] or default_url, path, size, sha256, setting)
+        raw[setting] = corpus.download(mirrors[setting] or default_url, path, size, sha256, setting)
     splits = spec["splits"]
-    documents = lambda split: spec["read"](paths, split)  # noqa: E731
+    documents = lambda split: spec["read"](raw, split)  # noqa: E731
 
 # 2. the tokenizer: trained on a random sample of the train documents, or reused --------------------------------
 start = time.time()

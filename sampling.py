@@ -57,7 +57,7 @@ def generate(model, tokens, **sampling):
     max_seq_len = model.args.max_seq_len
     context = list(tokens)
     while True:
-        window = context[-(max_seq_len // 2):] if len(context) >= max_seq_len else context
+        window = context[-max(1, max_seq_len // 2):] if len(context) >= max_seq_len else context
         cache = model.make_cache()
         logits = model(mx.array([window]), cache)[0, -1]
         while cache[0].offset < max_seq_len:

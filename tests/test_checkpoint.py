@@ -224,3 +224,18 @@ def test_damaged_checkpoint_folders_get_one_line_that_keeps_the_training(work):
     (folder / "tokenizer.model.away").rename(folder / "tokenizer.model")
     r = run(*TINY, "--out_dir=damaged", "--init_from=resume", "--max_iters=4", cwd=work)  # nothing was lost
     assert "iterations 2 -> 4" in r.stdout
+
+
+def test_a_reader_never_takes_a_folder_whose_save_was_cut_short(work):
+    # Killed after the new set was marked complete but before all of it moved into place: generate.py (and
+    # export.py) must not read a mix of two checkpoints; train.py --init_from=resume finishes the move.
+    run(*TINY, "--max_iters=2", "--eval_interval=1", "--out_dir=cut", cwd=work)
+    folder = work / "cut"
+    (folder / files.SAVING).mkdir()
+    (folder / files.SAVING / "config.json").write_bytes((folder / "config.json").read_bytes())
+    (folder / files.SAVING / files.COMPLETE).write_bytes(b"")
+    r = subprocess.run([sys.executable, str(ROOT / "generate.py"), "--out_dir=cut"], cwd=work, capture_output=True,
+                       text=True)
+    assert "a save into 'cut' was cut short" in error_line(r) and "--init_from=resume" in error_line(r)
+    r = run(*TINY, "--max_iters=3", "--eval_interval=1", "--out_dir=cut", "--init_from=resume", cwd=work)
+    assert "iterations 2 -> 3" in r.stdout and not (folder / files.SAVING).exists()

@@ -35,7 +35,7 @@ def timed(cmd, cwd):
     start = time.perf_counter()
     r = subprocess.run([sys.executable, *cmd], cwd=cwd, capture_output=True, text=True)
     if r.returncode != 0:
-        sys.exit(f"error: {' '.join(cmd)} failed: {r.stderr.strip().splitlines()[-1]}")
+        sys.exit(f"error: {' '.join(cmd)} failed: {(r.stderr.strip().splitlines() or ['(no message)'])[-1]}")
     return time.perf_counter() - start
 
 

@@ -22,6 +22,7 @@ import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 import sentencepiece as spm  # noqa: E402
 
+import files  # noqa: E402
 from configurator import configure  # noqa: E402
 
 # -----------------------------------------------------------------------------
@@ -47,7 +48,7 @@ sp = spm.SentencePieceProcessor(model_file=os.path.join(out_dir, "tokenizer.mode
 # keys and values cached in float32 (llama.cpp's default is float16), so the logits can agree to float32 rounding
 llm = llama_cpp.Llama(model_path=gguf_path, n_ctx=model.args.max_seq_len, logits_all=True, n_threads=2, seed=0,
                       type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32, verbose=False)
-dummy_prefix = sp.normalize("a").startswith("▁")
+dummy_prefix = files.adds_dummy_prefix(sp)
 failures = []
 
 # 1. tokenizer: llama.cpp's SentencePiece implementation against SentencePiece's
