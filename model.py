@@ -26,6 +26,16 @@ silu = cpu.silu if cpu.ON_CPU else nn.silu
 cross_entropy = cpu.cross_entropy if cpu.ON_CPU else nn.losses.cross_entropy  # (..., vocab) -> each token's loss
 
 
+def dropout(x, p, key):
+    # nn.Dropout draws its masks from MLX's global random state, which worker threads share and a checkpoint does not
+    # hold; a key given with each step (train.py's) keeps the masks reproducible. No gradient flows into a key: the
+    # mx.checkpoint of grad_checkpoint would otherwise ask the random bits for one.
+    if not p:
+        return x
+    keep = mx.random.bernoulli(1 - p, x.shape, key=None if key is None else mx.stop_gradient(key))
+    return mx.where(keep, x / (1 - p), 0)
+
+
 @dataclass
 class ModelArgs:
     dim: int = 256
@@ -139,9 +149,9 @@ class TransformerBlock(nn.Module):
         self.input_layernorm = nn.RMSNorm(args.dim, eps=args.norm_eps)
         self.post_attention_layernorm = nn.RMSNorm(args.dim, eps=args.norm_eps)
 
-    def __call__(self, x, cache=None):
-        h = x + self.self_attn(self.input_layernorm(x), cache)
-        return h + self.mlp(self.post_attention_layernorm(h))
+    def __call__(self, x, cache=None, p=0.0, keys=(None, None)):  # p, keys: dropout on the two residual branches
+        h = x + dropout(self.self_attn(self.input_layernorm(x), cache), p, keys[0])
+        return h + dropout(self.mlp(self.post_attention_layernorm(h)), p, keys[1])
 
 
 class LlamaModel(nn.Module):
@@ -151,12 +161,20 @@ class LlamaModel(nn.Module):
         self.layers = [TransformerBlock(args) for _ in range(args.n_layers)]
         self.norm = nn.RMSNorm(args.dim, eps=args.norm_eps)
         self.grad_checkpoint = False  # train.py's setting: keep only each block's input for the backward pass
+        # train.py's dropout, in training mode only; not in ModelArgs, since LLaMA's inference has none. Its masks
+        # come from _dropout_key, which train.py sets before every step: the "_" keeps it out of parameters() (so
+        # out of the optimizer and model.safetensors), while mx.compile still takes it in with the model's state.
+        self.dropout = 0.0
+        self._dropout_key = None  # None: MLX's global random state, as nn.Dropout
 
     def __call__(self, tokens, cache=None):
-        h = self.embed_tokens(tokens)
+        p = self.dropout if self.training else 0.0
+        n = 1 + 2 * len(self.layers)  # a key for the embedding's output and each block's two branches
+        keys = mx.random.split(self._dropout_key, n) if p and self._dropout_key is not None else [None] * n
+        h = dropout(self.embed_tokens(tokens), p, keys[0])
         for i, layer in enumerate(self.layers):
             block = nn.utils.checkpoint(layer) if self.grad_checkpoint else layer
-            h = block(h, cache[i] if cache is not None else None)
+            h = block(h, cache[i] if cache is not None else None, p, keys[1 + 2 * i:3 + 2 * i])
         return self.norm(h)
 
 

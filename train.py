@@ -8,6 +8,7 @@ and out_dir/log.jsonl.
     python train.py                                   # the built-in default, ~5 minutes on 2 CPU cores
     python train.py config/tinyshakespeare.py --dim=128
     python train.py --init_from=resume                # continue out_dir exactly where it stopped
+    python train.py --max_minutes=10 --lr_schedule=wsd  # as many iterations as fit in 10 minutes
     mlx.launch -n 2 -- python train.py ...            # data parallel: 2 processes here, --hostfile for machines
 """
 import itertools
@@ -35,6 +36,8 @@ import sentencepiece as spm
 from configurator import configure
 from sampling import generate, stream_text
 
+started = time.perf_counter()  # max_minutes counts from here: the process's start, but for Python's imports
+
 # -----------------------------------------------------------------------------
 # I/O
 out_dir = "out"  # checkpoint folder, also holds log.jsonl
@@ -56,18 +59,24 @@ max_seq_len = 128
 tie_embeddings = True
 rope_theta = 10000.0
 norm_eps = 1e-5
-# optimizer: AdamW, linear warmup then cosine decay to min_lr
+# optimizer: AdamW (or Muon for the blocks' matrices), linear warmup then cosine (or wsd) decay to min_lr
 batch_size = 16
 gradient_accumulation_steps = 1
 max_iters = 500
-learning_rate = 2e-3
-min_lr = 2e-4
+max_minutes = 0.0  # a wall-clock budget: >0 replaces max_iters by what fits, timed over the first iterations
+optimizer = "adamw"  # or "muon": Muon for the blocks' matrices, AdamW for the embedding, output head and norms
+learning_rate = 2e-3  # AdamW's peak
+muon_learning_rate = 0.02  # Muon's peak, on learning_rate's schedule (modded-nanogpt uses 0.02-0.05)
+min_lr = 2e-4  # the schedule's floor; Muon's is min_lr / learning_rate of its peak
+lr_schedule = "cosine"  # or "wsd": warmup, constant, then linear to min_lr over the last cooldown_frac
+cooldown_frac = 0.2  # wsd: the fraction of lr_decay_iters that decays
 warmup_iters = 50
 lr_decay_iters = 0  # 0 means max_iters
-weight_decay = 0.1  # matrices only: norms' gains are not decayed
+weight_decay = 0.1  # AdamW's, matrices only: norms' gains are not decayed; Muon keeps its own (MLX's 0.01)
 beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0  # clip the global gradient norm; 0 disables
+dropout = 0.0  # in training only: on the embedding's output and each residual branch; not saved in config.json
 # system
 seed = 1337
 dtype = "auto"  # of the forward and backward pass: "float32", "bfloat16", or "auto" (bfloat16 where the GPU has it
@@ -84,10 +93,21 @@ for name in ("batch_size", "gradient_accumulation_steps", "max_iters", "eval_int
              "max_seq_len"):
     if globals()[name] < 1:
         sys.exit(f"error: --{name}={globals()[name]} must be at least 1")
+if optimizer not in ("adamw", "muon"):
+    sys.exit(f"error: --optimizer={optimizer!r} is not one of adamw, muon")
+if lr_schedule not in ("cosine", "wsd"):
+    sys.exit(f"error: --lr_schedule={lr_schedule!r} is not one of cosine, wsd")
+if not 0 <= cooldown_frac <= 1:
+    sys.exit(f"error: --cooldown_frac={cooldown_frac} must be between 0 and 1")
+if not 0 <= dropout < 1:
+    sys.exit(f"error: --dropout={dropout} must be at least 0 and below 1")
+if max_minutes < 0:
+    sys.exit(f"error: --max_minutes={max_minutes} must be at least 0 (0 turns the budget off)")
+if optimizer == "muon" and learning_rate <= 0:
+    sys.exit(f"error: --learning_rate={learning_rate} must be above 0: Muon's rate follows its schedule, scaled")
 
 rank, world = group.rank(), group.size()
 master = rank == 0  # only rank 0 logs, evaluates to the console and writes files
-lr_decay_iters = lr_decay_iters or max_iters
 tokens_per_iter = batch_size * gradient_accumulation_steps * world * max_seq_len
 on_gpu = mx.default_device() == mx.gpu
 # auto: bfloat16 where the device computes it natively (CUDA GPUs; Apple GPUs from the M3 on, Metal's applegpu_g15
@@ -110,6 +130,7 @@ mx.random.seed(seed)
 
 # the model: new, resumed from out_dir, or loaded from any llama checkpoint folder ------------------------------
 start_iter, best_val_loss = 0, float("inf")
+budget_resolved = False  # whether max_iters is the count that max_minutes found: saved, and never timed again
 if init_from == "scratch":
     model_tokenizer = None  # the data's tokenizer
 elif init_from == "resume":
@@ -125,6 +146,15 @@ elif init_from == "resume":
                      f"or start from the weights alone with --init_from={out_dir} --out_dir=<a new folder>")
     state = saved["train_state"]
     start_iter, best_val_loss = state["iter"], state["best_val_loss"]
+    saved_optimizer = saved["train_settings"].get("optimizer", "adamw")
+    if saved_optimizer != optimizer:
+        sys.exit(f"error: {out_dir}/optimizer.safetensors holds {saved_optimizer}'s state, not {optimizer}'s; resume "
+                 f"with --optimizer={saved_optimizer}, or start from the weights alone with --init_from={out_dir} "
+                 f"--out_dir=<a new folder>")
+    # A run that max_minutes has timed goes on to the count it found, unless --max_iters says otherwise.
+    budget_resolved = state.get("budget_resolved", False)
+    if budget_resolved and not any(arg.startswith("--max_iters=") for arg in sys.argv[1:]):
+        max_iters = settings["max_iters"] = saved["train_settings"]["max_iters"]
     changed = {k: (v, settings[k]) for k, v in saved["train_settings"].items()
                if k in settings and settings[k] != v and k != "init_from"}
     if master and changed:
@@ -160,7 +190,7 @@ if train_info["vocab_size"] > args.vocab_size:
              f"({args.vocab_size}); prepare the data with the model's tokenizer")
 if max_seq_len > args.max_seq_len:
     sys.exit(f"error: max_seq_len={max_seq_len} exceeds the model's context ({args.max_seq_len})")
-model.model.grad_checkpoint = grad_checkpoint
+model.model.grad_checkpoint, model.model.dropout = grad_checkpoint, dropout
 mx.eval(model.parameters())  # float32: the weights the optimizer updates, whatever dtype computes with them
 
 
@@ -193,7 +223,15 @@ def get_lr(it):
     # 2) past lr_decay_iters, min_lr
     if it > lr_decay_iters:
         return min_lr
-    # 3) in between, cosine decay down to min_lr
+    # 3) wsd: learning_rate until the cooldown, the last cooldown_frac of lr_decay_iters (warmup never overlaps it)
+    cooldown_start = max(warmup_iters, (1 - cooldown_frac) * lr_decay_iters)
+    if lr_schedule == "wsd" and it < cooldown_start:
+        return learning_rate
+    # 4) wsd's cooldown: linear decay down to min_lr
+    if lr_schedule == "wsd":
+        cooldown_ratio = (it - cooldown_start) / max(1, lr_decay_iters - cooldown_start)
+        return learning_rate - cooldown_ratio * (learning_rate - min_lr)
+    # 5) cosine: from warmup to lr_decay_iters, cosine decay down to min_lr
     decay_ratio = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * decay_ratio)) * (learning_rate - min_lr)
 
@@ -202,22 +240,40 @@ def adamw(wd):
     return optim.AdamW(learning_rate=learning_rate, betas=[beta1, beta2], weight_decay=wd)
 
 
-optimizer = optim.MultiOptimizer([adamw(weight_decay), adamw(0.0)], [lambda path, p: p.ndim >= 2])
-optimizer.init(model.trainable_parameters())
+matrix = lambda path, p: p.ndim >= 2  # noqa: E731
+if optimizer == "muon":
+    # Muon orthogonalises the update of each matrix inside the blocks; the embedding and the output head are not
+    # hidden matrices, and the norms' gains are vectors, so AdamW keeps them (as Muon's authors do). Its weight
+    # decay stays MLX's default: it is added to the gradient before orthogonalising, so AdamW's would not carry over.
+    in_blocks = lambda path, p: path.startswith("model.layers.") and p.ndim == 2  # noqa: E731
+    opt = optim.MultiOptimizer([optim.Muon(learning_rate=muon_learning_rate), adamw(weight_decay), adamw(0.0)],
+                               [in_blocks, matrix])
+else:
+    opt = optim.MultiOptimizer([adamw(weight_decay), adamw(0.0)], [matrix])
+opt.init(model.trainable_parameters())
 if init_from == "resume":
     opt_state, opt_meta = mx.load(os.path.join(out_dir, "optimizer.safetensors"), return_metadata=True)
     if opt_meta.get("iter") != str(start_iter):
         sys.exit(f"error: {out_dir}/optimizer.safetensors is from iteration {opt_meta.get('iter')}, config.json "
                  f"from {start_iter}: files of two checkpoints were mixed by hand; put back the matching pair")
-    optimizer.state = tree_unflatten(list(opt_state.items()))
+    opt.state = tree_unflatten(list(opt_state.items()))
 if world > 1:
     # Every process starts from rank 0's weights, optimizer state and iteration (as PyTorch's DDP does), so a stale
     # out_dir on another machine cannot make the copies drift apart unnoticed. A sum with zeros is exact.
     from_master = lambda a: mx.distributed.all_sum(a if master else mx.zeros_like(a), group=group)  # noqa: E731
     model.update(tree_map(from_master, model.parameters()))
-    optimizer.state = tree_map(from_master, optimizer.state)
-    start_iter = from_master(mx.array(start_iter)).item()
-    mx.eval(model.parameters(), optimizer.state)
+    opt.state = tree_map(from_master, opt.state)
+    # and rank 0's count of iterations too: a resumed max_minutes run has it from rank 0's checkpoint
+    start_iter, max_iters, resolved = from_master(mx.array([start_iter, max_iters, budget_resolved])).tolist()
+    budget_resolved = bool(resolved)
+    mx.eval(model.parameters(), opt.state)
+# max_minutes: the run times its first budget_at iterations (the first of them compiles, so it is left out) and an
+# eval, then sets max_iters to what fits. Until then it has no end, and the schedule holds at its peak.
+budget_pending = max_minutes > 0 and not budget_resolved
+budget_at = max(warmup_iters, start_iter + 20)
+if budget_pending:
+    max_iters = 10 ** 9
+lr_decay_iters = settings["lr_decay_iters"] or max_iters
 if start_iter >= max_iters:
     sys.exit(f"error: {out_dir} is already at iteration {start_iter}; to train on, raise --max_iters (and "
              f"--lr_decay_iters, or the learning rate schedule restarts its decay)")
@@ -226,14 +282,16 @@ if start_iter >= max_iters:
 # cores between them.
 flops_per_iter = model.flops_per_token(max_seq_len) * tokens_per_iter  # the group's, like tokens_per_iter
 peak = mx.distributed.all_sum(mx.array(peak_flops or measure_peak_flops(compute_dtype)), group=group).item()
-state = [model.state, optimizer.state]
+state = [model.state, opt.state]
 # outputs=state too: value_and_grad leaves traced copies of the parameters in the model, and compile must hand back
 # the real arrays in their place.
 compiled = (lambda f: mx.compile(f, inputs=state, outputs=state)) if compile else (lambda f: f)
+replicas = []  # the worker threads' models, in the order of their shares of the batch (cpu.Workers makes them so)
 if threads > 1:  # on the CPU: each batch split over worker threads, each with its own stream (cpu.py)
     def replica():
         r = Model(args)
-        r.model.grad_checkpoint = grad_checkpoint
+        r.model.grad_checkpoint, r.model.dropout = grad_checkpoint, dropout
+        replicas.append(r)
         return r
     workers = cpu.Workers(model, replica, loss_fn, threads, compile, cores)
     forward_backward, forward = workers.forward_backward, workers.forward
@@ -249,8 +307,16 @@ def update(grads):
         grads, grad_norm = optim.clip_grad_norm(grads, grad_clip)
     else:
         grad_norm = mx.sqrt(sum((g * g).sum() for _, g in tree_flatten(grads)))
-    optimizer.update(model, grads)
+    opt.update(model, grads)
     return grad_norm
+
+
+def set_dropout_keys(it, micro):
+    # The masks of a micro-step are a pure function of (seed, iteration, micro-batch, process, worker share), like
+    # its windows: a resumed run draws the ones an unbroken run would, and no thread touches another's random state.
+    for share, m in enumerate(replicas or [model]):
+        entropy = np.random.default_rng([seed, it, micro * world + rank, share]).integers(1 << 63)
+        m.model._dropout_key = mx.random.key(int(entropy))
 
 
 def all_mean(x):  # mean over the processes of a scalar; a no-op alone
@@ -299,10 +365,11 @@ except (ValueError, RuntimeError) as e:  # a tokenizer they cannot read or repro
 def save_checkpoint(it):
     # config.json names the iteration, and so do the safetensors files' metadata.
     config = {**args.to_config(), "train_settings": settings,
-              "train_state": {"iter": it, "best_val_loss": best_val_loss, "seed": seed}}
+              "train_state": {"iter": it, "best_val_loss": best_val_loss, "seed": seed,
+                              "budget_resolved": budget_resolved}}
     meta = {"iter": str(it)}
     weights = {k: v.astype(mx.float32) for k, v in tree_flatten(model.parameters())}
-    opt_state = dict(tree_flatten(optimizer.state))
+    opt_state = dict(tree_flatten(opt.state))
 
     def safetensors(arrays):
         def write(path):
@@ -336,6 +403,21 @@ def sample_text(it):  # what the model writes now, decoded as generate.py does; 
     mx.random.seed(seed + it)
     tokens = itertools.takewhile(lambda t: t != sp.eos_id(), generate(model, sample_prompt_tokens))
     return sample_prompt + "".join(stream_text(sp, sample_prompt_tokens, itertools.islice(tokens, sample_tokens)))
+
+
+def iterations_that_fit(done, per_iter, per_eval, per_batch):
+    """max_iters for max_minutes: the steps at the pace timed so far, an eval every eval_interval and one at the end
+    (each as long as the one just timed), and the whole-val pass (its batches at that eval's pace)."""
+    final_pass = per_batch * math.ceil((len(val_data) - 1) // max_seq_len / (batch_size * world))
+    left = max_minutes * 60 - (time.perf_counter() - started) - final_pass
+
+    def seconds(k):  # the rest of the run if it trains k more iterations
+        evals = (done + k) // eval_interval - done // eval_interval + ((done + k) % eval_interval > 0)
+        return k * per_iter + evals * per_eval
+    k = max(0, int(left / (per_iter + per_eval / eval_interval)))
+    while k > 1 and seconds(k) > left:
+        k -= 1
+    return done + max(1, k)  # one more at least: the run then ends with an eval, saving the count it found
 
 
 def log(record, line):
@@ -387,15 +469,23 @@ if master:
           f"{args.n_heads} heads ({args.n_kv_heads} kv), vocab {args.vocab_size}, {compute_dtype}, "
           f"{mx.default_device()}" + (f", {threads} threads" if threads > 1 else ""))
     print(f"data: {data_path}: {len(train_data):,} train, {len(val_data):,} val tokens")
+    end = f"what fits in max_minutes={max_minutes:g}, timed by iteration {budget_at}" if budget_pending else max_iters
     print(f"global batch: {batch_size} x {gradient_accumulation_steps} accumulation x {world} processes x "
-          f"{max_seq_len} tokens = {tokens_per_iter:,} tokens/iter; iterations {start_iter} -> {max_iters}")
+          f"{max_seq_len} tokens = {tokens_per_iter:,} tokens/iter; iterations {start_iter} -> {end}")
 
 t_last, it_last = time.perf_counter(), start_iter
-for it in range(start_iter, max_iters):
+train_seconds, timed_iters = 0.0, 0  # the steps of this process after its first, for max_minutes
+it = start_iter
+while it < max_iters:  # max_minutes may move max_iters, once
+    t_step = time.perf_counter()
     lr = get_lr(it)
-    optimizer.learning_rate = lr
+    opt.learning_rate = lr  # every sub-optimizer's; then Muon's, the same schedule from its own peak
+    if optimizer == "muon":
+        opt.optimizers[0].learning_rate = muon_learning_rate * lr / learning_rate
     loss, grads = mx.array(0.0), None
     for micro in range(gradient_accumulation_steps):
+        if dropout:
+            set_dropout_keys(it, micro)
         micro_loss, micro_grads = forward_backward(*get_batch(train_data, it, micro))
         grads = micro_grads if grads is None else tree_map(mx.add, grads, micro_grads)
         loss = loss + micro_loss
@@ -411,6 +501,8 @@ for it in range(start_iter, max_iters):
     mx.eval(state, loss, grad_norm)
     loss, done, stop_now = loss.item(), it + 1, stopping()
     check_finite(loss, done)
+    if it > start_iter:  # the first step compiles
+        train_seconds, timed_iters = train_seconds + time.perf_counter() - t_step, timed_iters + 1
     if master and (done % log_interval == 0 or done == max_iters):
         now = time.perf_counter()
         dt = (now - t_last) / (done - it_last)  # the first interval includes compiling the step
@@ -418,13 +510,17 @@ for it in range(start_iter, max_iters):
         tps = tokens_per_iter / dt
         mfu = flops_per_iter / dt / peak
         mem = mx.get_peak_memory() / 1e9
-        eta = (max_iters - done) * dt
+        total, eta = ("?", "?") if budget_pending else (max_iters, f"{(max_iters - done) * dt / 60:.1f}")
         log({"iter": done, "loss": loss, "lr": lr, "grad_norm": grad_norm.item(), "tokens_per_sec": tps,
              "mfu": mfu, "peak_mem_gb": mem},
-            f"iter {done}/{max_iters}: loss {loss:.4f}, lr {lr:.2e}, {dt * 1000:.0f} ms/iter, {tps:,.0f} tok/s, "
-            f"mfu {mfu:.1%}, peak mem {mem:.2f} GB, {eta / 60:.1f} min left")
-    if done % eval_interval == 0 or done == max_iters or stop_now:
+            f"iter {done}/{total}: loss {loss:.4f}, lr {lr:.2e}, {dt * 1000:.0f} ms/iter, {tps:,.0f} tok/s, "
+            f"mfu {mfu:.1%}, peak mem {mem:.2f} GB, {eta} min left")
+    if done % eval_interval == 0 or done == max_iters or stop_now or (budget_pending and done == budget_at):
+        t_eval = time.perf_counter()
+        for m in [model, *replicas]:
+            m.eval()  # dropout off: evals, samples and the whole-val pass see the whole model
         losses = evaluate()
+        eval_batch_seconds = (time.perf_counter() - t_eval) / (2 * eval_iters)
         check_finite(losses["val"], done)  # the update may have broken the model: never save that
         best_val_loss = min(best_val_loss, losses["val"])
         if master:
@@ -441,15 +537,28 @@ for it in range(start_iter, max_iters):
             save_checkpoint(done)
             saved_iter = done
             print(f"saved {out_dir}/ (iteration {done})")
+        if budget_pending and done == budget_at:
+            per_iter, per_eval = train_seconds / timed_iters, time.perf_counter() - t_eval
+            max_iters = iterations_that_fit(done, per_iter, per_eval, eval_batch_seconds)
+            if world > 1:
+                max_iters = from_master(mx.array(max_iters)).item()  # rank 0's clock decides for all
+            settings["max_iters"], budget_pending, budget_resolved = max_iters, False, True  # saved from now on
+            lr_decay_iters = settings["lr_decay_iters"] or max_iters
+            if master:
+                log({"iter": done, "max_iters": max_iters, "sec_per_iter": per_iter, "sec_per_eval": per_eval},
+                    f"max_minutes={max_minutes:g}: {max_iters:,} iterations fit; training until then")
+        if done == max_iters:
+            val_full, n_full = evaluate_whole_val()
+            if master:
+                bpb = val_full / math.log(2) * val_info["n_tokens"] / val_info["n_bytes"]
+                log({"iter": done, "val_loss_full": val_full, "val_bpb_full": bpb, "val_tokens_full": n_full},
+                    f"final: the whole val split ({n_full:,} tokens): val loss {val_full:.4f}, {bpb:.3f} bits/byte")
+        for m in [model, *replicas]:
+            m.train()
         t_last, it_last = time.perf_counter(), done  # evaluation time is not training time
-    if done == max_iters:
-        val_full, n_full = evaluate_whole_val()
-        if master:
-            bpb = val_full / math.log(2) * val_info["n_tokens"] / val_info["n_bytes"]
-            log({"iter": done, "val_loss_full": val_full, "val_bpb_full": bpb, "val_tokens_full": n_full},
-                f"final: the whole val split ({n_full:,} tokens): val loss {val_full:.4f}, {bpb:.3f} bits/byte")
     if stop_now:
         if master:
             print(f"interrupted: resume with python train.py --init_from=resume (plus the same settings)")
         all_mean(mx.array(0.0)).item()  # wait for rank 0's save: mlx.launch kills all once one exits non-zero
         sys.exit(130)
+    it = done

@@ -1,8 +1,8 @@
 # Shakespeare, nanoGPT's classic (1.1 MB). Prepare with a small vocabulary, since 1 MB is too little text for 4096:
 #     python prepare.py --dataset=tinyshakespeare --vocab_size=1024
 #     python train.py config/tinyshakespeare.py
-# ~330k train tokens; 600 iterations see each about 4 times, and LLaMA has no dropout, so val loss turns up after
-# that: keep max_iters near here or add data. Measured and expected numbers: README, "Presets".
+# ~330k train tokens; 600 iterations see each about 4 times, and without dropout (LLaMA's default; --dropout=0.1
+# adds some) val loss turns up after that: keep max_iters near here or add data. Numbers: README, "Presets".
 dataset = "tinyshakespeare"
 out_dir = "out-shakespeare"
 dim = 192

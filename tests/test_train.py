@@ -1,9 +1,11 @@
 """train.py and generate.py as a user runs them: end to end, exact resume, Ctrl-C, NaN, and every bad input."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -273,3 +275,135 @@ def test_the_run_ends_with_the_loss_over_the_whole_val_split(work):
     assert final[0]["val_tokens_full"] == xy.size - len(xy)
     bpb = final[0]["val_loss_full"] / np.log(2) * info["n_tokens"] / info["n_bytes"]
     assert final[0]["val_bpb_full"] == pytest.approx(bpb, rel=1e-9)
+
+
+def records_of(out_dir):
+    return [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
+
+
+def test_muon_resumes_exactly_and_splits_batches_like_one_thread(work):
+    common = ["--dataset=tiny", "--eval_interval=4", "--lr_decay_iters=8", *TINY]
+    run("train.py", "--out_dir=muon_straight", "--max_iters=8", "--optimizer=muon", *common, cwd=work)
+    run("train.py", "--out_dir=adamw_ref", "--max_iters=8", *common, cwd=work)
+    run("train.py", "--out_dir=muon_stopped", "--max_iters=4", "--optimizer=muon", *common, cwd=work)
+    r = run("train.py", "--out_dir=muon_stopped", "--max_iters=8", "--optimizer=muon", "--init_from=resume", *common,
+            cwd=work)
+    assert "iterations 4 -> 8" in r.stdout
+    straight, resumed, adamw = (losses(work / d) for d in ("muon_straight", "muon_stopped", "adamw_ref"))
+    assert [resumed[i] for i in range(5, 9)] == [straight[i] for i in range(5, 9)]
+    assert (work / "muon_straight" / "model.safetensors").read_bytes() == \
+        (work / "muon_stopped" / "model.safetensors").read_bytes()
+    a, b = (mx.load(str(work / d / "optimizer.safetensors")) for d in ("muon_straight", "muon_stopped"))
+    assert a.keys() == b.keys() and all(mx.array_equal(a[k], b[k]).item() for k in a)  # Muon's momentum too
+    assert straight[1] == adamw[1] and all(straight[i] != adamw[i] for i in range(2, 9))  # the same first batch
+    # Muon holds one momentum per matrix of the blocks, AdamW two moments for the rest
+    state = mx.load(str(work / "muon_straight" / "optimizer.safetensors"))
+    assert "states.0.model.layers.0.mlp.down_proj.weight.v" in state
+    assert "states.1.model.embed_tokens.weight.m" in state and "states.2.model.norm.weight.v" in state
+    assert not [k for k in state if k.startswith("states.0.") and ("embed" in k or "norm" in k)]
+
+    split = ["--dataset=tiny", "--max_iters=3", "--eval_interval=3", "--optimizer=muon", *TINY]
+    run("train.py", "--out_dir=muon_big", "--threads=1", *split, "--batch_size=8", cwd=work)
+    run("train.py", "--out_dir=muon_accum", "--threads=1", *split, "--gradient_accumulation_steps=2", cwd=work)
+    run("train.py", "--out_dir=muon_threads", "--threads=2", *split, "--gradient_accumulation_steps=2", cwd=work)
+    big, accum, threads = (records_of(work / d) for d in ("muon_big", "muon_accum", "muon_threads"))
+    for key in ("loss", "grad_norm", "val_loss"):
+        values = [[r[key] for r in rs if key in r] for rs in (big, accum, threads)]
+        if key != "val_loss":  # an eval's batches are batch_size windows: the big run's are other windows
+            assert values[1] == pytest.approx(values[0], rel=1e-5), key
+        assert len(values[2]) == (1 if key == "val_loss" else 3) and values[2] == pytest.approx(values[1], rel=1e-5)
+
+
+def test_wsd_holds_the_peak_then_decays_linearly_to_min_lr_in_the_cooldown(work):
+    common = ["--dataset=tiny", "--max_iters=24", "--lr_decay_iters=20", "--eval_interval=24", *TINY,
+              "--min_lr=3e-4", "--sample_tokens=0"]
+    run("train.py", "--out_dir=wsd", "--lr_schedule=wsd", "--cooldown_frac=0.25", *common, cwd=work)
+    run("train.py", "--out_dir=cosine", *common, cwd=work)
+    # the record of iteration i holds the learning rate of its step, i - 1
+    wsd, cosine = ({r["iter"] - 1: r["lr"] for r in records_of(work / d) if "lr" in r} for d in ("wsd", "cosine"))
+    peak, low = 3e-3, 3e-4
+    assert [wsd[0], wsd[1]] == pytest.approx([peak / 3, 2 * peak / 3])  # warmup_iters=2, as before
+    assert all(wsd[i] == peak for i in range(2, 16))  # constant until the last quarter of lr_decay_iters=20
+    cooldown = [peak - (peak - low) * (i - 15) / 5 for i in range(15, 21)]  # linear, reaching min_lr at 20
+    assert [wsd[i] for i in range(15, 21)] == pytest.approx(cooldown)
+    assert all(wsd[i] == low for i in range(21, 24))  # past lr_decay_iters, min_lr
+    assert cosine[2] == peak and cosine[8] < peak and cosine[16] < wsd[16]
+
+
+def test_dropout_trains_on_masks_that_a_resume_draws_again_and_evaluates_without_them(work):
+    # learning rate 0: the weights never move, so every eval sees the same model. Dropout changes each training
+    # loss, and neither the evals, nor the whole-val pass, nor the samples
+    still = ["--dataset=tiny", "--max_iters=2", "--eval_interval=1", *TINY, "--learning_rate=0.0", "--min_lr=0.0",
+             "--sample_prompt=the cat", "--sample_tokens=8"]
+    run("train.py", "--out_dir=no_dropout", *still, cwd=work)
+    run("train.py", "--out_dir=dropout_still", *still, "--dropout=0.5", cwd=work)
+    plain, dropped = records_of(work / "no_dropout"), records_of(work / "dropout_still")
+    assert all(a["loss"] != b["loss"] for a, b in zip(plain, dropped) if "loss" in a)
+    for key in ("train_loss", "val_loss", "val_loss_full", "sample"):
+        a, b = ([r[key] for r in rs if key in r] for rs in (plain, dropped))
+        assert a and a == b, key
+
+    common = ["--dataset=tiny", "--eval_interval=4", "--lr_decay_iters=8", *TINY, "--dropout=0.1"]
+    run("train.py", "--out_dir=dropout_straight", "--max_iters=8", *common, cwd=work)
+    run("train.py", "--out_dir=dropout_stopped", "--max_iters=4", *common, cwd=work)
+    run("train.py", "--out_dir=dropout_stopped", "--max_iters=8", "--init_from=resume", *common, cwd=work)
+    straight, resumed = losses(work / "dropout_straight"), losses(work / "dropout_stopped")
+    assert [resumed[i] for i in range(5, 9)] == [straight[i] for i in range(5, 9)]
+    assert (work / "dropout_straight" / "model.safetensors").read_bytes() == \
+        (work / "dropout_stopped" / "model.safetensors").read_bytes()
+    # grad_checkpoint recomputes each block in the backward pass, with the same masks
+    run("train.py", "--out_dir=dropout_checkpointed", "--max_iters=8", *common, "--grad_checkpoint=True", cwd=work)
+    assert losses(work / "dropout_checkpointed") == pytest.approx(straight, rel=1e-5)
+    config = json.loads((work / "dropout_straight" / "config.json").read_text())
+    assert "dropout" not in {k for k in config if k != "train_settings"}  # LLaMA's inference has no dropout
+
+
+def test_max_minutes_trains_what_fits_and_a_resume_keeps_that_count(work):
+    budget = ["--dataset=tiny", *TINY, "--max_minutes=0.05", "--eval_interval=50", "--peak_flops=1e12",
+              "--sample_tokens=0"]
+    start = time.perf_counter()
+    r = run("train.py", "--out_dir=budget", *budget, "--max_iters=5", cwd=work)
+    elapsed = time.perf_counter() - start
+    fits = [rec for rec in records_of(work / "budget") if "max_iters" in rec]
+    assert len(fits) == 1 and fits[0]["iter"] == 20  # timed over max(warmup_iters, 20) iterations and an eval
+    n = fits[0]["max_iters"]
+    assert f"max_minutes=0.05: {n:,} iterations fit; training until then" in r.stdout
+    assert n > 25 and list(losses(work / "budget")) == list(range(1, n + 1))  # --max_iters=5 gave way
+    config = json.loads((work / "budget" / "config.json").read_text())
+    assert config["train_settings"]["max_iters"] == n and config["train_state"]["iter"] == n
+    assert 0.5 * 3 < elapsed < 3 + 1.5  # it ended by itself, near the 3 s budget (imports and the start aside)
+
+    p = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--out_dir=budget_stopped", *budget], cwd=work,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in p.stdout:
+        if "iterations fit" in line:
+            p.send_signal(signal.SIGINT)
+            n = int(line.split(": ")[1].split(" ")[0].replace(",", ""))
+            break
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    saved = json.loads((work / "budget_stopped" / "config.json").read_text())["train_state"]["iter"]
+    assert 20 < saved < n
+    shutil.copytree(work / "budget_stopped", work / "budget_recount")
+    r = run("train.py", "--out_dir=budget_stopped", *budget, "--init_from=resume", cwd=work)
+    assert f"iterations {saved} -> {n}" in r.stdout and "iterations fit" not in r.stdout  # no second timing
+    assert list(losses(work / "budget_stopped")) == list(range(1, n + 1))
+    r = run("train.py", "--out_dir=budget_recount", *budget, "--init_from=resume", f"--max_iters={saved + 2}",
+            cwd=work)
+    assert f"iterations {saved} -> {saved + 2}" in r.stdout  # unless --max_iters says otherwise
+
+
+def test_the_levers_bad_values_get_one_line_errors(work):
+    for arg, message in (("--optimizer=sgd", "--optimizer='sgd' is not one of adamw, muon"),
+                         ("--lr_schedule=linear", "--lr_schedule='linear' is not one of cosine, wsd"),
+                         ("--cooldown_frac=1.5", "--cooldown_frac=1.5 must be between 0 and 1"),
+                         ("--dropout=1", "--dropout=1.0 must be at least 0 and below 1"),
+                         ("--max_minutes=-1", "--max_minutes=-1.0 must be at least 0"),
+                         ("--learning_rate=0", "--learning_rate=0.0 must be above 0: Muon's rate follows")):
+        extra = ["--optimizer=muon"] if arg == "--learning_rate=0" else []
+        assert message in error_line(run("train.py", "--dataset=tiny", arg, *extra, cwd=work, ok=False))
+    run("train.py", "--dataset=tiny", "--out_dir=adamw_run", "--max_iters=1", "--eval_interval=1", *TINY, cwd=work)
+    r = run("train.py", "--dataset=tiny", "--out_dir=adamw_run", "--init_from=resume", "--max_iters=2",
+            "--optimizer=muon", *TINY, cwd=work, ok=False)
+    assert "adamw_run/optimizer.safetensors holds adamw's state, not muon's; resume with --optimizer=adamw" in \
+        error_line(r)
