@@ -3,7 +3,7 @@ The LLaMA-2 architecture in MLX: RMSNorm, rotary embeddings, SwiGLU, grouped-que
 
 Parameter names follow the Hugging Face / mlx-lm llama layout (model.layers.N.self_attn.q_proj, ...) and
 ModelArgs is saved as a Hugging Face style config.json, so a checkpoint folder is already in the form that
-mlx-lm and transformers read. Imported by train.py and generate.py, before mlx.core (it imports cpu.py first).
+mlx-lm and transformers read. Every script imports it before mlx.core (it imports cpu.py first).
 """
 import glob
 import math
@@ -173,7 +173,7 @@ class LlamaModel(nn.Module):
         keys = mx.random.split(self._dropout_key, n) if p and self._dropout_key is not None else [None] * n
         h = dropout(self.embed_tokens(tokens), p, keys[0])
         for i, layer in enumerate(self.layers):
-            block = nn.utils.checkpoint(layer) if self.grad_checkpoint else layer
+            block = nn.utils.checkpoint(layer) if self.grad_checkpoint and cache is None else layer
             h = block(h, cache[i] if cache is not None else None, p, keys[1 + 2 * i:3 + 2 * i])
         return self.norm(h)
 

@@ -5,7 +5,7 @@ Reads data/<dataset>/{train,val}.bin and tokenizer.model; writes the checkpoint 
 model.safetensors, optimizer.safetensors, tokenizer.model, and tokenizer.json & co. for transformers and mlx-lm)
 and out_dir/log.jsonl.
 
-    python train.py                                   # the built-in default, ~5 minutes on 2 CPU cores
+    python train.py                                   # the built-in default, ~3 minutes on 2 CPU cores
     python train.py config/tinyshakespeare.py --dim=128
     python train.py --init_from=resume                # continue out_dir exactly where it stopped
     python train.py --max_minutes=10 --lr_schedule=wsd  # as many iterations as fit in 10 minutes
@@ -93,6 +93,8 @@ for name in ("batch_size", "gradient_accumulation_steps", "max_iters", "eval_int
              "max_seq_len"):
     if globals()[name] < 1:
         sys.exit(f"error: --{name}={globals()[name]} must be at least 1")
+if max_seq_len < 2 or sample_tokens < 0:
+    sys.exit(f"error: --max_seq_len={max_seq_len} must be at least 2, and --sample_tokens={sample_tokens} at least 0")
 if optimizer not in ("adamw", "muon"):
     sys.exit(f"error: --optimizer={optimizer!r} is not one of adamw, muon")
 if lr_schedule not in ("cosine", "wsd"):
@@ -110,10 +112,12 @@ rank, world = group.rank(), group.size()
 master = rank == 0  # only rank 0 logs, evaluates to the console and writes files
 tokens_per_iter = batch_size * gradient_accumulation_steps * world * max_seq_len
 on_gpu = mx.default_device() == mx.gpu
-# auto: bfloat16 where the device computes it natively (CUDA GPUs; Apple GPUs from the M3 on, Metal's applegpu_g15
-# and later), float32 elsewhere: M1 and M2 GPUs only emulate bfloat16, and the CPU has no bfloat16 BLAS (README).
-apple_gpu = re.match(r"applegpu_g(\d+)", str(mx.device_info().get("architecture", ""))) if on_gpu else None
-native_bf16 = on_gpu and (int(apple_gpu[1]) >= 15 if apple_gpu else not mx.metal.is_available())
+# auto: bfloat16 where the device computes it natively (Apple GPUs from the M3 on, Metal's applegpu_g15 and later;
+# CUDA GPUs from Ampere on), float32 elsewhere: M1 and M2 GPUs only emulate bfloat16, and the CPU has no bfloat16
+# BLAS (README, "Precision").
+gpu = mx.device_info() if on_gpu else {}
+apple_gpu = re.match(r"applegpu_g(\d+)", str(gpu.get("architecture", "")))
+native_bf16 = on_gpu and (int(apple_gpu[1]) >= 15 if apple_gpu else gpu.get("compute_capability_major", 8) >= 8)
 compute_dtype = {"auto": mx.bfloat16 if native_bf16 else mx.float32, "float32": mx.float32,
                  "bfloat16": mx.bfloat16}.get(dtype)
 if compute_dtype is None:
@@ -122,6 +126,7 @@ cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os
 if threads == 0:
     threads = 1 if on_gpu or world > 1 else max(n for n in range(1, cores + 1) if batch_size % n == 0)
 settings["threads"] = threads  # as run, so a resume elsewhere says that it splits batches differently
+settings["dtype"] = "bfloat16" if compute_dtype == mx.bfloat16 else "float32"  # and computes in another dtype
 if threads < 1 or batch_size % threads:
     sys.exit(f"error: --threads={threads} must divide --batch_size={batch_size}")
 if on_gpu and threads > 1:
@@ -133,8 +138,14 @@ start_iter, best_val_loss = 0, float("inf")
 budget_resolved = False  # whether max_iters is the count that max_minutes found: saved, and never timed again
 if init_from == "scratch":
     model_tokenizer = None  # the data's tokenizer
+    if os.path.exists(os.path.join(out_dir, "config.json")) or os.path.isdir(os.path.join(out_dir, files.SAVING)):
+        sys.exit(f"error: {out_dir}/ already holds a checkpoint, which a new run would replace; continue it with "
+                 f"--init_from=resume, or train into another --out_dir (or delete {out_dir}/ to start over)")
 elif init_from == "resume":
-    files.finish_checkpoint(out_dir)  # a save that a crash cut short: completed if whole, else the last one stands
+    if master:  # a save that a crash cut short: completed if whole, else the last one stands
+        files.finish_checkpoint(out_dir)
+    if world > 1:
+        mx.distributed.all_sum(mx.array(0.0), group=group).item()  # the others read out_dir once it is whole
     model, saved = load_model(out_dir)
     model_tokenizer = os.path.join(out_dir, "tokenizer.model")
     if "train_state" not in saved:
@@ -172,6 +183,7 @@ data_path = os.path.join(data_dir, dataset)
 tokenizer_path = model_tokenizer or os.path.join(data_path, "tokenizer.model")
 train_data, train_info = files.read_tokens(os.path.join(data_path, "train.bin"), tokenizer_path)
 val_data, val_info = files.read_tokens(os.path.join(data_path, "val.bin"), tokenizer_path)
+bits_per_byte = lambda loss: loss / math.log(2) * val_info["n_tokens"] / val_info["n_bytes"]  # noqa: E731
 for name, data in (("train", train_data), ("val", val_data)):
     if len(data) <= max_seq_len + 1:
         sys.exit(f"error: the {name} split of {data_path} has {len(data)} tokens, too few for max_seq_len="
@@ -253,7 +265,7 @@ else:
 opt.init(model.trainable_parameters())
 if init_from == "resume":
     opt_state, opt_meta = mx.load(os.path.join(out_dir, "optimizer.safetensors"), return_metadata=True)
-    if opt_meta.get("iter") != str(start_iter):
+    if master and opt_meta.get("iter") != str(start_iter):  # the other ranks take rank 0's state below
         sys.exit(f"error: {out_dir}/optimizer.safetensors is from iteration {opt_meta.get('iter')}, config.json "
                  f"from {start_iter}: files of two checkpoints were mixed by hand; put back the matching pair")
     opt.state = tree_unflatten(list(opt_state.items()))
@@ -390,9 +402,17 @@ def save_checkpoint(it):
     try:
         files.save_checkpoint(out_dir, writers)
     except OSError as e:
-        kept = f"{out_dir}/ keeps iteration {saved_iter}" if saved_iter else "no checkpoint was saved yet"
-        sys.exit(f"error: the checkpoint of iteration {it} could not be written: {files.disk_full_hint(e, out_dir)}; "
-                 f"{kept}. Then resume with python train.py --init_from=resume (plus the same settings)")
+        write_failed(e, f"the checkpoint of iteration {it}")
+
+
+def write_failed(e, what):  # a full disk, say: one line, and what out_dir still holds
+    if os.path.exists(os.path.join(out_dir, files.SAVING, files.COMPLETE)):
+        kept = f"{out_dir}/ holds iteration {saved_iter} and the whole of a newer one, which a resume finishes"
+    elif saved_iter:
+        kept = f"{out_dir}/ keeps iteration {saved_iter}; then resume with python train.py --init_from=resume"
+    else:
+        kept = "no checkpoint was saved yet"
+    sys.exit(f"error: {what} could not be written: {files.disk_full_hint(e, out_dir)}; {kept}")
 
 
 sp = spm.SentencePieceProcessor(model_file=tokenizer_path)
@@ -422,8 +442,11 @@ def iterations_that_fit(done, per_iter, per_eval, per_batch):
 
 def log(record, line):
     print(line, flush=True)
-    log_file.write(json.dumps(record) + "\n")
-    log_file.flush()
+    try:
+        log_file.write(json.dumps(record) + "\n")
+        log_file.flush()
+    except OSError as e:
+        write_failed(e, log_path)
 
 
 def check_finite(loss, done):
@@ -446,15 +469,21 @@ def stopping():
     return bool(all_mean(mx.array(float(len(stop)))).item()) if world > 1 else bool(stop)
 
 
-def log_records(path):  # log.jsonl's records, less a last line that a kill cut short
-    records = []
-    with open(path) as f:
+def log_records(path, until=None):
+    """log.jsonl's records (up to iteration `until`), less a last line that a kill cut short, and the byte offset
+    where the kept ones end."""
+    records, end = [], 0
+    with open(path, "rb") as f:
         for line in f:
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except ValueError:
-                pass
-    return records
+                break
+            if until is not None and record["iter"] > until:
+                break
+            records.append(record)
+            end += len(line)
+    return records, end
 
 
 saved_iter = start_iter
@@ -462,8 +491,7 @@ if master:
     os.makedirs(out_dir, exist_ok=True)
     log_path = os.path.join(out_dir, "log.jsonl")
     if init_from == "resume" and os.path.exists(log_path):  # forget what was logged after the checkpoint
-        kept = [r for r in log_records(log_path) if r["iter"] <= start_iter]
-        files.write_atomic(log_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+        os.truncate(log_path, log_records(log_path, until=start_iter)[1])  # in place: a full disk cannot stop it
     log_file = open(log_path, "a" if init_from == "resume" else "w")
     print(f"model: {model.num_params() / 1e6:.2f}M parameters, {args.n_layers} layers, dim {args.dim}, "
           f"{args.n_heads} heads ({args.n_kv_heads} kv), vocab {args.vocab_size}, {compute_dtype}, "
@@ -524,7 +552,7 @@ while it < max_iters:  # max_minutes may move max_iters, once
         check_finite(losses["val"], done)  # the update may have broken the model: never save that
         best_val_loss = min(best_val_loss, losses["val"])
         if master:
-            bpb = losses["val"] / math.log(2) * val_info["n_tokens"] / val_info["n_bytes"]
+            bpb = bits_per_byte(losses["val"])
             log({"iter": done, "train_loss": losses["train"], "val_loss": losses["val"],
                  "val_ppl": math.exp(losses["val"]), "val_bpb": bpb},
                 f"eval {done}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
@@ -532,11 +560,14 @@ while it < max_iters:  # max_minutes may move max_iters, once
             if sample_tokens:
                 text = sample_text(done)
                 log({"iter": done, "sample": text}, f"sample {done}: {text}")
-            files.write_atomic(os.path.join(out_dir, "loss.svg"),  # the run so far, for a browser tab
-                               plot.loss_svg(log_records(log_path), tokens_per_iter, dataset).encode())
             save_checkpoint(done)
             saved_iter = done
             print(f"saved {out_dir}/ (iteration {done})")
+            try:  # the run so far, for a browser tab; nothing to stop training for
+                files.write_atomic(os.path.join(out_dir, "loss.svg"),
+                                   plot.loss_svg(log_records(log_path)[0], tokens_per_iter, dataset).encode())
+            except OSError as e:
+                print(f"note: no loss.svg: {files.disk_full_hint(e, out_dir)}", file=sys.stderr)
         if budget_pending and done == budget_at:
             per_iter, per_eval = train_seconds / timed_iters, time.perf_counter() - t_eval
             max_iters = iterations_that_fit(done, per_iter, per_eval, eval_batch_seconds)
@@ -550,7 +581,7 @@ while it < max_iters:  # max_minutes may move max_iters, once
         if done == max_iters:
             val_full, n_full = evaluate_whole_val()
             if master:
-                bpb = val_full / math.log(2) * val_info["n_tokens"] / val_info["n_bytes"]
+                bpb = bits_per_byte(val_full)
                 log({"iter": done, "val_loss_full": val_full, "val_bpb_full": bpb, "val_tokens_full": n_full},
                     f"final: the whole val split ({n_full:,} tokens): val loss {val_full:.4f}, {bpb:.3f} bits/byte")
         for m in [model, *replicas]:

@@ -239,3 +239,11 @@ def test_a_reader_never_takes_a_folder_whose_save_was_cut_short(work):
     assert "a save into 'cut' was cut short" in error_line(r) and "--init_from=resume" in error_line(r)
     r = run(*TINY, "--max_iters=3", "--eval_interval=1", "--out_dir=cut", "--init_from=resume", cwd=work)
     assert "iterations 2 -> 3" in r.stdout and not (folder / files.SAVING).exists()
+
+
+def test_a_new_run_never_replaces_a_checkpoint_it_was_not_told_to(work):
+    run(*TINY, "--max_iters=2", "--eval_interval=2", "--out_dir=precious", cwd=work)
+    before = folder_state(work / "precious")
+    message = error_line(run(*TINY, "--max_iters=2", "--eval_interval=2", "--out_dir=precious", cwd=work, ok=False))
+    assert "precious/ already holds a checkpoint" in message and "--init_from=resume" in message
+    assert folder_state(work / "precious") == before  # log.jsonl included
