@@ -75,7 +75,7 @@ def train_run(name, args, vocab_size, iters):
         cmd = [sys.executable, os.path.join(here, "train.py"), *args, f"--data_dir={tmp}", "--dataset=bench",
                f"--out_dir={tmp}/out", f"--max_iters={n}", f"--log_interval=1", f"--eval_interval={n + 1}",
                "--sample_tokens=0",
-               "--eval_iters=1", f"--peak_flops={results.get('peak_flops', 0.0)}"]
+               "--eval_iters=1", "--max_minutes=0", f"--peak_flops={results.get('peak_flops', 0.0)}"]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
             print(f"{name}: train.py failed: {r.stderr.strip()}", file=sys.stderr)

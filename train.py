@@ -59,7 +59,7 @@ max_seq_len = 128
 tie_embeddings = True
 rope_theta = 10000.0
 norm_eps = 1e-5
-# optimizer: AdamW (or Muon for the blocks' matrices), linear warmup then cosine (or wsd) decay to min_lr
+# optimizer: AdamW (or Muon for the blocks' matrices), linear warmup then wsd (or cosine) decay to min_lr
 batch_size = 16
 gradient_accumulation_steps = 1
 max_iters = 500
@@ -68,7 +68,7 @@ optimizer = "adamw"  # or "muon": Muon for the blocks' matrices, AdamW for the e
 learning_rate = 2e-3  # AdamW's peak
 muon_learning_rate = 0.02  # Muon's peak, on learning_rate's schedule (modded-nanogpt uses 0.02-0.05)
 min_lr = 2e-4  # the schedule's floor; Muon's is min_lr / learning_rate of its peak
-lr_schedule = "cosine"  # or "wsd": warmup, constant, then linear to min_lr over the last cooldown_frac
+lr_schedule = "wsd"  # warmup, constant, then linear to min_lr over the last cooldown_frac; or "cosine"
 cooldown_frac = 0.2  # wsd: the fraction of lr_decay_iters that decays
 warmup_iters = 50
 lr_decay_iters = 0  # 0 means max_iters

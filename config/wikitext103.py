@@ -1,5 +1,5 @@
 # WikiText-103 (540 MB of Wikipedia articles): a wider model with a longer context and a bigger vocabulary.
-#     python prepare.py --dataset=wikitext103 --vocab_size=8192
+#     python prepare.py --dataset=wikitext103          # an 8192-piece vocabulary, its default
 #     python train.py config/wikitext103.py
 # ~120M train tokens; 20,000 iterations of 32 x 512 = 330M tokens, about 2.7 passes. A Mac job. See README.
 dataset = "wikitext103"

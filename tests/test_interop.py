@@ -259,10 +259,13 @@ def test_gguf_weights_with_interleaved_rope_compute_our_logits(ckpt, tmp_path):
         layer.self_attn.rope = nn.RoPE(a.dim // a.n_heads, traditional=True, base=a.rope_theta)
     ids = prompt_ids(ckpt)
     ours = our_logits(ckpt, ids)
-    assert_close(np.array(interleaved(mx.array([ids]))), ours)
-    # the check has teeth: the same model without the permutation computes something else
+    permuted = np.array(interleaved(mx.array([ids])))
+    assert_close(permuted, ours)
+    # the check has teeth: the same model without the permutation computes something else, by far more than the
+    # rounding between the two right ones (a tiny model's q and k barely matter, so no absolute bound would do)
     interleaved.load_weights(list(tree_flatten(model.parameters())))
-    assert np.abs(np.array(interleaved(mx.array([ids]))) - ours).max() > 1e-3 * np.abs(ours).max()
+    unpermuted = np.array(interleaved(mx.array([ids])))
+    assert np.abs(unpermuted - ours).max() > 100 * max(np.abs(permuted - ours).max(), 1e-7)
 
 
 def test_export_script(ckpt, tmp_path):

@@ -318,7 +318,7 @@ def test_wsd_holds_the_peak_then_decays_linearly_to_min_lr_in_the_cooldown(work)
     common = ["--dataset=tiny", "--max_iters=24", "--lr_decay_iters=20", "--eval_interval=24", *TINY,
               "--min_lr=3e-4", "--sample_tokens=0"]
     run("train.py", "--out_dir=wsd", "--lr_schedule=wsd", "--cooldown_frac=0.25", *common, cwd=work)
-    run("train.py", "--out_dir=cosine", *common, cwd=work)
+    run("train.py", "--out_dir=cosine", "--lr_schedule=cosine", *common, cwd=work)
     # the record of iteration i holds the learning rate of its step, i - 1
     wsd, cosine = ({r["iter"] - 1: r["lr"] for r in records_of(work / d) if "lr" in r} for d in ("wsd", "cosine"))
     peak, low = 3e-3, 3e-4
