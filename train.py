@@ -2,13 +2,13 @@
 Train a small LLaMA on the token files that prepare.py wrote.
 
 Reads data/<dataset>/{train,val}.bin and tokenizer.model; writes the checkpoint folder out_dir/ (config.json,
-model.safetensors, optimizer.safetensors, tokenizer.model, and tokenizer.json & co. for transformers and mlx-lm)
-and out_dir/log.jsonl.
+model.safetensors, optimizer.safetensors, tokenizer.model, and tokenizer.json & co. for transformers and mlx-lm),
+out_dir/log.jsonl and out_dir/loss.svg.
 
     python train.py                                   # the built-in default, ~3 minutes on 2 CPU cores
     python train.py config/tinyshakespeare.py --dim=128
     python train.py --init_from=resume                # continue out_dir exactly where it stopped
-    python train.py --max_minutes=10 --lr_schedule=wsd  # as many iterations as fit in 10 minutes
+    python train.py --max_minutes=10                  # as many iterations as fit in 10 minutes
     mlx.launch -n 2 -- python train.py ...            # data parallel: 2 processes here, --hostfile for machines
 """
 import itertools
