@@ -380,7 +380,7 @@ def save_checkpoint(it):
               "train_state": {"iter": it, "best_val_loss": best_val_loss, "seed": seed,
                               "budget_resolved": budget_resolved}}
     meta = {"iter": str(it)}
-    weights = {k: v.astype(mx.float32) for k, v in tree_flatten(model.parameters())}
+    weights = dict(tree_flatten(model.parameters()))  # float32, whatever dtype computed with them
     opt_state = dict(tree_flatten(opt.state))
 
     def safetensors(arrays):
