@@ -119,19 +119,14 @@ for name, t in tree_flatten(model.parameters()):
         t = permute_for_gguf(t, args.n_kv_heads)
     w.add_tensor(gguf_name, t if t.ndim == 1 else t.astype(np_dtype))
 
-tmp = os.path.join(os.path.dirname(os.path.abspath(path)), ".tmp." + os.path.basename(path))
 try:
-    w.write_header_to_file(Path(tmp))
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    files.fsync(tmp)
-    os.replace(tmp, path)  # a crash never leaves a half-written file under the real name
+    with files.replaced_atomically(path) as tmp:  # a crash never leaves a half-written file under the real name
+        w.write_header_to_file(Path(tmp))
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
 except OSError as e:
     sys.exit(f"error: {path} could not be written: {files.disk_full_hint(e, path)}")
-finally:
-    if os.path.exists(tmp):
-        os.remove(tmp)
 print(f"wrote {path} ({os.path.getsize(path) / 1e6:.1f} MB, {dtype})")
 
 if hf_files:

@@ -11,6 +11,7 @@ Checkpoint folders (train.py writes them; generate.py, export.py, mlx-lm and tra
 at the top of the folder. A new checkpoint is written whole into out_dir/.saving/, flushed to disk, marked complete,
 and only then moved into place; finish_checkpoint() completes a marked set after a crash and deletes an unmarked one.
 """
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -50,19 +51,25 @@ def fsync(path):
         os.close(fd)
 
 
-def write_atomic(path, data):
-    """Write bytes through a temporary file, fsync and a rename: a crash never leaves a half-written file at path."""
+@contextlib.contextmanager
+def replaced_atomically(path):
+    """Yield a temporary path to write; when the block ends, push it to the disk and rename it to path. A crash
+    never leaves a half-written file at path, and an exception (Ctrl-C, sys.exit too) leaves no temporary file."""
     tmp = path + ".tmp"
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            fsync_fd(f.fileno())
+        yield tmp
+        fsync(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     fsync(os.path.dirname(os.path.abspath(path)))
+
+
+def write_atomic(path, data):
+    """Write bytes through a temporary file, fsync and a rename: a crash never leaves a half-written file at path."""
+    with replaced_atomically(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
 
 
 def disk_full_hint(e, path):
@@ -94,30 +101,22 @@ def write_tokens(path, chunks, vocab_size, n_bytes, tokenizer_sha256):
     the end, and it is renamed into place only when complete, so a crash never leaves a file that looks valid.
     """
     dtype = token_dtype(2 if vocab_size <= 1 << 16 else 4)
-    tmp, n_tokens, total_bytes = path + ".tmp", 0, 0
-    try:
-        with open(tmp, "wb") as f:
-            f.write(bytes(HEADER_SIZE))
-            for chunk in chunks:
-                if n_bytes is None:
-                    chunk, chunk_bytes = chunk
-                    total_bytes += chunk_bytes
-                chunk = np.asarray(chunk)
-                if chunk.size and (chunk.min() < 0 or chunk.max() >= vocab_size):
-                    raise ValueError(f"token ids must be in [0, {vocab_size}), got {chunk.min()}..{chunk.max()}")
-                f.write(chunk.astype(dtype).tobytes())
-                n_tokens += chunk.size
-            n_bytes = total_bytes if n_bytes is None else n_bytes
-            f.seek(0)
-            f.write(HEADER.pack(MAGIC, VERSION, dtype.itemsize, vocab_size, n_tokens, n_bytes,
-                                bytes.fromhex(tokenizer_sha256)))
-            f.flush()
-            fsync_fd(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # Ctrl-C and sys.exit too: never leave the temporary file behind
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    n_tokens, total_bytes = 0, 0
+    with replaced_atomically(path) as tmp, open(tmp, "wb") as f:
+        f.write(bytes(HEADER_SIZE))
+        for chunk in chunks:
+            if n_bytes is None:
+                chunk, chunk_bytes = chunk
+                total_bytes += chunk_bytes
+            chunk = np.asarray(chunk)
+            if chunk.size and (chunk.min() < 0 or chunk.max() >= vocab_size):
+                raise ValueError(f"token ids must be in [0, {vocab_size}), got {chunk.min()}..{chunk.max()}")
+            f.write(chunk.astype(dtype).tobytes())
+            n_tokens += chunk.size
+        n_bytes = total_bytes if n_bytes is None else n_bytes
+        f.seek(0)
+        f.write(HEADER.pack(MAGIC, VERSION, dtype.itemsize, vocab_size, n_tokens, n_bytes,
+                            bytes.fromhex(tokenizer_sha256)))
     return n_tokens
 
 

@@ -202,7 +202,14 @@ if train_info["vocab_size"] > args.vocab_size:
              f"({args.vocab_size}); prepare the data with the model's tokenizer")
 if max_seq_len > args.max_seq_len:
     sys.exit(f"error: max_seq_len={max_seq_len} exceeds the model's context ({args.max_seq_len})")
-model.model.grad_checkpoint, model.model.dropout = grad_checkpoint, dropout
+
+
+def for_training(m):  # the main model and every worker's replica train alike
+    m.model.grad_checkpoint, m.model.dropout = grad_checkpoint, dropout
+    return m
+
+
+for_training(model)
 mx.eval(model.parameters())  # float32: the weights the optimizer updates, whatever dtype computes with them
 
 
@@ -301,10 +308,8 @@ compiled = (lambda f: mx.compile(f, inputs=state, outputs=state)) if compile els
 replicas = []  # the worker threads' models, in the order of their shares of the batch (cpu.Workers makes them so)
 if threads > 1:  # on the CPU: each batch split over worker threads, each with its own stream (cpu.py)
     def replica():
-        r = Model(args)
-        r.model.grad_checkpoint, r.model.dropout = grad_checkpoint, dropout
-        replicas.append(r)
-        return r
+        replicas.append(for_training(Model(args)))
+        return replicas[-1]
     workers = cpu.Workers(model, replica, loss_fn, threads, compile, cores)
     forward_backward, forward = workers.forward_backward, workers.forward
 else:

@@ -272,7 +272,7 @@ def test_export_script(ckpt, tmp_path):
     pytest.importorskip("gguf")
     r = run("export.py", f"--out_dir={ckpt}", f"--gguf_path={tmp_path / 'm.gguf'}", "--dtype=float16")
     assert "wrote" in r.stdout and (tmp_path / "m.gguf").is_file()
-    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp")]
+    assert os.listdir(tmp_path) == ["m.gguf"]  # no temporary file left beside it
     r = run("export.py", f"--out_dir={tmp_path / 'nothing'}", check=False)
     assert r.returncode != 0 and r.stderr.strip().startswith("error: no checkpoint in")
     assert len(r.stderr.strip().splitlines()) == 1
