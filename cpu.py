@@ -63,11 +63,39 @@ def _load_openblas():
         except OSError:
             pass  # a system libgfortran5, if there is one, still serves below
     try:
-        return ctypes.CDLL(openblas, mode=ctypes.RTLD_GLOBAL)
+        config = _openblas_config(ctypes.CDLL(openblas))  # loaded locally first: MLX cannot call it yet
     except OSError as e:
         print(f"warning: OpenBLAS did not load ({e}); matmuls will be ~40x slower. "
               "Fix: apt-get install libgfortran5", file=sys.stderr)
         return None
+    missing = missing_instruction(config, _cpu_flags())
+    if missing:
+        print(f"warning: this OpenBLAS ({config.split(' MAX')[0]}) needs {missing}, which this CPU lacks, so "
+              "matmuls will be ~40x slower; pip install cmeel-openblas==0.3.29 (built for AVX2)", file=sys.stderr)
+        return None
+    return ctypes.CDLL(openblas, mode=ctypes.RTLD_GLOBAL)  # now global: MLX's cblas_sgemm calls resolve to it
+
+
+# An OpenBLAS built for one CPU family (not DYNAMIC_ARCH) runs its instructions unchecked: on a CPU without them
+# the first matmul dies of SIGILL. cmeel-openblas 0.3.31's x86 wheel is built for AVX-512 (SKYLAKEX).
+_NEEDS = {"SKYLAKEX": "avx512f", "COOPERLAKE": "avx512_bf16", "SAPPHIRERAPIDS": "amx_tile", "HASWELL": "avx2",
+          "ZEN": "avx2"}
+
+
+def missing_instruction(config, cpu_flags):  # openblas_get_config()'s words, /proc/cpuinfo's -> a flag or None
+    if "DYNAMIC_ARCH" in config.split():
+        return None  # it picks its kernels for the CPU it runs on
+    return next((_NEEDS[w] for w in config.split() if w in _NEEDS and _NEEDS[w] not in cpu_flags), None)
+
+
+def _openblas_config(lib):
+    lib.openblas_get_config.restype = ctypes.c_char_p
+    return lib.openblas_get_config().decode()
+
+
+def _cpu_flags():
+    with open("/proc/cpuinfo") as f:
+        return next((line.split(":")[1].split() for line in f if line.startswith("flags")), [])
 
 
 _openblas = _load_openblas()

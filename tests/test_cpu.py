@@ -34,6 +34,17 @@ print("ok")
     assert r.returncode == 0 and r.stdout.strip() == "ok" and "warning" not in r.stderr, r.stderr
 
 
+def test_an_openblas_built_for_instructions_this_cpu_lacks_is_refused_not_run():
+    # cmeel-openblas 0.3.31's x86 wheel is built for AVX-512 only: on a Zen 3 its first matmul died of SIGILL.
+    avx2_cpu = "fpu sse sse2 avx fma avx2".split()
+    assert cpu.missing_instruction("OpenBLAS 0.3.31 NO_AFFINITY SKYLAKEX MAX_THREADS=64", avx2_cpu) == "avx512f"
+    assert cpu.missing_instruction("OpenBLAS 0.3.29 NO_AFFINITY ZEN MAX_THREADS=4", avx2_cpu) is None
+    assert cpu.missing_instruction("OpenBLAS 0.3.29 NO_AFFINITY ZEN MAX_THREADS=4", ["sse2", "avx"]) == "avx2"
+    assert cpu.missing_instruction("OpenBLAS 0.3.31 DYNAMIC_ARCH NO_AFFINITY Haswell", ["sse2"]) is None
+    if cpu._openblas is not None:  # the one pip installed runs here, so the check passes it
+        assert cpu.missing_instruction(cpu._openblas_config(cpu._openblas), cpu._cpu_flags()) is None
+
+
 @pytest.mark.parametrize("L, S", [(200, 200), (130, 150), (65, 65), (7, 7), (3, 9)])
 def test_cpu_attention_equals_mlx_causal_attention_and_its_gradients(L, S):
     q = mx.random.normal((2, 4, L, 16), key=mx.random.key(0))
