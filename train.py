@@ -235,6 +235,10 @@ def loss_fn(model, x, y):
     return cross_entropy(logits.astype(mx.float32), y).mean()
 
 
+def cooldown_start():  # wsd's first iteration below the peak
+    return max(warmup_iters, (1 - cooldown_frac) * lr_decay_iters)
+
+
 def get_lr(it):
     # 1) linear warmup for warmup_iters steps
     if it < warmup_iters:
@@ -243,12 +247,11 @@ def get_lr(it):
     if it > lr_decay_iters:
         return min_lr
     # 3) wsd: learning_rate until the cooldown, the last cooldown_frac of lr_decay_iters (warmup never overlaps it)
-    cooldown_start = max(warmup_iters, (1 - cooldown_frac) * lr_decay_iters)
-    if lr_schedule == "wsd" and it < cooldown_start:
+    if lr_schedule == "wsd" and it < cooldown_start():
         return learning_rate
     # 4) wsd's cooldown: linear decay down to min_lr
     if lr_schedule == "wsd":
-        cooldown_ratio = (it - cooldown_start) / max(1, lr_decay_iters - cooldown_start)
+        cooldown_ratio = (it - cooldown_start()) / max(1, lr_decay_iters - cooldown_start())
         return learning_rate - cooldown_ratio * (learning_rate - min_lr)
     # 5) cosine: from warmup to lr_decay_iters, cosine decay down to min_lr
     decay_ratio = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
@@ -289,6 +292,7 @@ if world > 1:
 # max_minutes: the run times its first budget_at iterations (the first of them compiles, so it is left out) and an
 # eval, then sets max_iters to what fits. Until then it has no end, and the schedule holds at its peak.
 budget_pending = max_minutes > 0 and not budget_resolved
+retiming = False  # whether an eval times max_minutes again: set by the first timing
 budget_at = max(warmup_iters, start_iter + 20)
 if budget_pending:
     max_iters = 10 ** 9
@@ -573,16 +577,22 @@ while it < max_iters:  # max_minutes may move max_iters, once
                                    plot.loss_svg(log_records(log_path)[0], tokens_per_iter, dataset).encode())
             except OSError as e:
                 print(f"note: no loss.svg: {files.disk_full_hint(e, out_dir)}", file=sys.stderr)
-        if budget_pending and done == budget_at:
+        # max_minutes: timed first at budget_at; with wsd, again at each eval until the cooldown, which only max_iters
+        # places (the peak before it does not depend on it), so a pace the first minutes misjudged is corrected.
+        if budget_pending and done == budget_at or retiming and done < cooldown_start():
             per_iter, per_eval = train_seconds / timed_iters, time.perf_counter() - t_eval
-            max_iters = iterations_that_fit(done, per_iter, per_eval, eval_batch_seconds)
+            fit = iterations_that_fit(done, per_iter, per_eval, eval_batch_seconds)
             if world > 1:
-                max_iters = from_master(mx.array(max_iters)).item()  # rank 0's clock decides for all
-            settings["max_iters"], budget_pending, budget_resolved = max_iters, False, True  # saved from now on
+                fit = from_master(mx.array(fit)).item()  # rank 0's clock decides for all
+            if retiming:
+                fit = max(fit, math.ceil(done / (1 - cooldown_frac)))  # not so few that the cooldown began already
+            if master and fit != max_iters:
+                log({"iter": done, "max_iters": fit, "sec_per_iter": per_iter, "sec_per_eval": per_eval},
+                    f"max_minutes={max_minutes:g}: {fit:,} iterations fit; training until then")
+            max_iters = settings["max_iters"] = fit  # saved from now on; a resumed run keeps it
             lr_decay_iters = settings["lr_decay_iters"] or max_iters
-            if master:
-                log({"iter": done, "max_iters": max_iters, "sec_per_iter": per_iter, "sec_per_eval": per_eval},
-                    f"max_minutes={max_minutes:g}: {max_iters:,} iterations fit; training until then")
+            budget_pending, budget_resolved = False, True
+            retiming = lr_schedule == "wsd" and not settings["lr_decay_iters"] and cooldown_frac < 1
         if done == max_iters:
             val_full, n_full = evaluate_whole_val()
             if master:

@@ -364,11 +364,19 @@ def test_max_minutes_trains_what_fits_and_a_resume_keeps_that_count(work):
     start = time.perf_counter()
     r = run("train.py", "--out_dir=budget", *budget, "--max_iters=5", cwd=work)
     elapsed = time.perf_counter() - start
-    fits = [rec for rec in records_of(work / "budget") if "max_iters" in rec]
-    assert len(fits) == 1 and fits[0]["iter"] == 20  # timed over max(warmup_iters, 20) iterations and an eval
-    n = fits[0]["max_iters"]
-    assert f"max_minutes=0.05: {n:,} iterations fit; training until then" in r.stdout
+    records = records_of(work / "budget")
+    fits = [rec for rec in records if "max_iters" in rec]
+    assert fits[0]["iter"] == 20  # timed first over max(warmup_iters, 20) iterations and an eval
+    n = fits[-1]["max_iters"]
+    assert len(fits) >= 2 and all(f["iter"] % 50 == 0 and f["iter"] < 0.8 * n for f in fits[1:])  # then again
+    assert f"max_minutes=0.05: {n:,} iterations fit; training until then" in r.stdout  # at evals before the cooldown
     assert n > 25 and list(losses(work / "budget")) == list(range(1, n + 1))  # --max_iters=5 gave way
+
+    def wsd(it):  # the rates of a run that knew its count from the start (warmup 2, peak 3e-3, min_lr 2e-4)
+        cooldown = 0.8 * n
+        return 3e-3 * (it + 1) / 3 if it < 2 else 3e-3 if it < cooldown else \
+            3e-3 - (it - cooldown) / (n - cooldown) * (3e-3 - 2e-4)
+    assert [rec["lr"] for rec in records if "lr" in rec] == pytest.approx([wsd(it) for it in range(n)], rel=1e-6)
     config = json.loads((work / "budget" / "config.json").read_text())
     assert config["train_settings"]["max_iters"] == n and config["train_state"]["iter"] == n
     assert 0.5 * 3 < elapsed < 3 + 1.5  # it ended by itself, near the 3 s budget (imports and the start aside)
