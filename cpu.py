@@ -83,9 +83,10 @@ _NEEDS = {"SKYLAKEX": "avx512f", "COOPERLAKE": "avx512_bf16", "SAPPHIRERAPIDS": 
 
 
 def missing_instruction(config, cpu_flags):  # openblas_get_config()'s words, /proc/cpuinfo's -> a flag or None
-    if "DYNAMIC_ARCH" in config.split():
+    words = config.split()
+    if "DYNAMIC_ARCH" in words:
         return None  # it picks its kernels for the CPU it runs on
-    return next((_NEEDS[w] for w in config.split() if w in _NEEDS and _NEEDS[w] not in cpu_flags), None)
+    return next((_NEEDS[w] for w in words if w in _NEEDS and _NEEDS[w] not in cpu_flags), None)
 
 
 def _openblas_config(lib):

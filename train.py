@@ -135,7 +135,7 @@ mx.random.seed(seed)
 
 # the model: new, resumed from out_dir, or loaded from any llama checkpoint folder ------------------------------
 start_iter, best_val_loss = 0, float("inf")
-budget_resolved = False  # whether max_iters is the count that max_minutes found: saved, and never timed again
+budget_resolved = False  # whether max_iters is the count that max_minutes found: saved, so a resume never times it
 if init_from == "scratch":
     model_tokenizer = None  # the data's tokenizer
     if os.path.exists(os.path.join(out_dir, "config.json")) or os.path.isdir(os.path.join(out_dir, files.SAVING)):
@@ -290,7 +290,9 @@ if world > 1:
     budget_resolved = bool(resolved)
     mx.eval(model.parameters(), opt.state)
 # max_minutes: the run times its first budget_at iterations (the first of them compiles, so it is left out) and an
-# eval, then sets max_iters to what fits. Until then it has no end, and the schedule holds at its peak.
+# eval, then sets max_iters to what fits. Until then it has no end, and the schedule holds at its peak. With wsd,
+# each eval before the cooldown sets it again: the peak does not depend on max_iters, so a pace that the first
+# minutes misjudged is corrected without changing a rate already used.
 budget_pending = max_minutes > 0 and not budget_resolved
 retiming = False  # whether an eval times max_minutes again: set by the first timing
 budget_at = max(warmup_iters, start_iter + 20)
@@ -513,7 +515,7 @@ if master:
 t_last, it_last = time.perf_counter(), start_iter
 train_seconds, timed_iters = 0.0, 0  # the steps of this process after its first, for max_minutes
 it = start_iter
-while it < max_iters:  # max_minutes may move max_iters, once
+while it < max_iters:  # max_minutes may move max_iters
     t_step = time.perf_counter()
     lr = get_lr(it)
     opt.learning_rate = lr  # every sub-optimizer's; then Muon's, the same schedule from its own peak
@@ -577,8 +579,6 @@ while it < max_iters:  # max_minutes may move max_iters, once
                                    plot.loss_svg(log_records(log_path)[0], tokens_per_iter, dataset).encode())
             except OSError as e:
                 print(f"note: no loss.svg: {files.disk_full_hint(e, out_dir)}", file=sys.stderr)
-        # max_minutes: timed first at budget_at; with wsd, again at each eval until the cooldown, which only max_iters
-        # places (the peak before it does not depend on it), so a pace the first minutes misjudged is corrected.
         if budget_pending and done == budget_at or retiming and done < cooldown_start():
             per_iter, per_eval = train_seconds / timed_iters, time.perf_counter() - t_eval
             fit = iterations_that_fit(done, per_iter, per_eval, eval_batch_seconds)
