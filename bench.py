@@ -1,14 +1,16 @@
 """
-How fast is this machine at each stage? Prints a table and writes bench.json. Not a test: it takes a few minutes
-and wants the whole machine (on Linux, run nothing else meanwhile: OpenBLAS threads collapse under contention).
+How fast is this machine at each stage? Prints a table and writes bench.json. Not a test: it takes
+a few minutes and wants the whole machine (on Linux, run nothing else meanwhile: OpenBLAS threads
+collapse under contention).
 
     python bench.py                      # everything
     python bench.py --only=train,generate
 
-Measures: the fp32 matmul peak through MLX (the denominator of every MFU here); train.py's own tokens/s, MFU and
-peak memory for the default settings, each config/ preset and the nanoGPT-shaped model; the time split of one
-training step (forward, backward, optimizer; attention, MLP, loss); generation tokens/s for prefill and for
-decoding with and without the KV cache; prepare.py's tokenizing throughput on the built-in corpus.
+Measures: the fp32 matmul peak through MLX (the denominator of every MFU here); train.py's own
+tokens/s, MFU and peak memory for the default settings, each config/ preset and the nanoGPT-shaped
+model; the time split of one training step (forward, backward, optimizer; attention, MLP, loss);
+generation tokens/s for prefill and for decoding with and without the KV cache; prepare.py's
+tokenizing throughput on the built-in corpus.
 """
 import glob
 import hashlib
@@ -21,7 +23,8 @@ import time
 
 import numpy as np
 
-from model import Model, ModelArgs, cross_entropy, measure_peak_flops  # first: model.py loads cpu.py
+# first: model.py loads cpu.py
+from model import Model, ModelArgs, cross_entropy, measure_peak_flops
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
@@ -37,13 +40,15 @@ out = "bench.json"
 # -----------------------------------------------------------------------------
 configure(globals())
 if unknown := set(only.split(",")) - {"peak", "train", "split", "generate", "prepare"}:
-    sys.exit(f"error: --only={only}: unknown {', '.join(sorted(unknown))}; pick from peak,train,split,generate,prepare")
+    sys.exit(f"error: --only={only}: unknown {', '.join(sorted(unknown))}; "
+             "pick from peak,train,split,generate,prepare")
 here = os.path.dirname(os.path.abspath(__file__))
 results = {"device": str(mx.default_device()), "mlx": mx.__version__}
 
 
 def timed(fn, repeat=5):
-    """Best wall time of fn() over `repeat` runs after one warm-up; fn must return what to mx.eval."""
+    """Best wall time of fn() over `repeat` runs after one warm-up; fn must return what to
+    mx.eval."""
     mx.eval(fn())
     best = float("inf")
     for _ in range(repeat):
@@ -54,15 +59,17 @@ def timed(fn, repeat=5):
 
 
 def synthetic_data(folder, vocab_size, n_tokens=2_000_000):
-    # Random tokens train at the same speed as real ones; train.py only checks that the tokenizer beside them is
-    # the one their header names, so a small real one stands in whatever the vocabulary size.
+    # Random tokens train at the same speed as real ones; train.py only checks that the tokenizer
+    # beside them is the one their header names, so a small real one stands in whatever the
+    # vocabulary size.
     os.makedirs(folder, exist_ok=True)
     words = [f"w{i} {i * i} {'x' * (i % 7)}" for i in range(2000)]
     model = corpus.train_tokenizer(words, 280)
     with open(os.path.join(folder, "tokenizer.model"), "wb") as f:
         f.write(model)
     tokens = np.random.default_rng(0).integers(3, vocab_size, n_tokens)
-    for split, part in (("train", tokens), ("val", tokens[:50_000])):  # a short val: the run ends with all of it
+    # a short val: the run ends with all of it
+    for split, part in (("train", tokens), ("val", tokens[:50_000])):
         files.write_tokens(os.path.join(folder, f"{split}.bin"), [part], vocab_size, 3 * len(part),
                            hashlib.sha256(model).hexdigest())
 
@@ -72,10 +79,10 @@ def train_run(name, args, vocab_size, iters):
     with tempfile.TemporaryDirectory() as tmp:
         synthetic_data(os.path.join(tmp, "bench"), vocab_size)
         n = iters + 1
-        cmd = [sys.executable, os.path.join(here, "train.py"), *args, f"--data_dir={tmp}", "--dataset=bench",
-               f"--out_dir={tmp}/out", f"--max_iters={n}", f"--log_interval=1", f"--eval_interval={n + 1}",
-               "--sample_tokens=0",
-               "--eval_iters=1", "--max_minutes=0", f"--peak_flops={results.get('peak_flops', 0.0)}"]
+        cmd = [sys.executable, os.path.join(here, "train.py"), *args, f"--data_dir={tmp}",
+               "--dataset=bench", f"--out_dir={tmp}/out", f"--max_iters={n}", "--log_interval=1",
+               f"--eval_interval={n + 1}", "--sample_tokens=0", "--eval_iters=1", "--max_minutes=0",
+               f"--peak_flops={results.get('peak_flops', 0.0)}"]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
             print(f"{name}: train.py failed: {r.stderr.strip()}", file=sys.stderr)
@@ -85,8 +92,8 @@ def train_run(name, args, vocab_size, iters):
         tps = float(np.median([r["tokens_per_sec"] for r in timed_logs]))
         mfu = float(np.median([r["mfu"] for r in timed_logs]))
         params = r.stdout.split("model: ")[1].split("M parameters")[0]
-        return {"name": name, "args": " ".join(args), "params_m": float(params), "tokens_per_sec": tps,
-                "mfu": mfu, "peak_mem_gb": logs[-1]["peak_mem_gb"]}
+        return {"name": name, "args": " ".join(args), "params_m": float(params),
+                "tokens_per_sec": tps, "mfu": mfu, "peak_mem_gb": logs[-1]["peak_mem_gb"]}
 
 
 def bench_train():
@@ -100,21 +107,24 @@ def bench_train():
         vocab = corpus.VOCAB_SIZES[read_preset(preset)["dataset"]]
         runs.append((os.path.basename(preset), [preset], vocab, 3 if vocab > 1024 else train_iters))
         if vocab > 1024:  # the big presets are where memory runs out first
-            runs.append((os.path.basename(preset) + ", grad_ckpt", [preset, "--grad_checkpoint=True"], vocab, 3))
+            runs.append((os.path.basename(preset) + ", grad_ckpt",
+                         [preset, "--grad_checkpoint=True"], vocab, 3))
     results["train"] = [r for r in (train_run(*run) for run in runs) if r]
 
 
 def bench_split(dim=256, n_layers=4, n_heads=8, seq=128, batch=16, vocab=4096):
     """Where one step of the default model goes: forward, backward, optimizer; and per component."""
     mx.random.seed(0)
-    model = Model(ModelArgs(dim=dim, n_layers=n_layers, n_heads=n_heads, vocab_size=vocab, max_seq_len=seq))
+    model = Model(ModelArgs(dim=dim, n_layers=n_layers, n_heads=n_heads, vocab_size=vocab,
+                            max_seq_len=seq))
     opt = optim.AdamW(1e-3)
     x = mx.random.randint(0, vocab, (batch, seq))
     loss_fn = lambda m, x, y: cross_entropy(m(x), y).mean()  # noqa: E731
     grad_fn = nn.value_and_grad(model, loss_fn)
     _, grads = grad_fn(model, x, x)
     mx.eval(model.parameters(), grads)
-    split = {"forward": timed(lambda: loss_fn(model, x, x)), "forward+backward": timed(lambda: grad_fn(model, x, x))}
+    split = {"forward": timed(lambda: loss_fn(model, x, x)),
+             "forward+backward": timed(lambda: grad_fn(model, x, x))}
     split["backward"] = split["forward+backward"] - split["forward"]
     split["optimizer"] = timed(lambda: opt.apply_gradients(grads, model.parameters()))
     layer = model.model.layers[0]
@@ -127,34 +137,40 @@ def bench_split(dim=256, n_layers=4, n_heads=8, seq=128, batch=16, vocab=4096):
     }
     for name, fn in per_layer.items():
         split[name] = timed(fn) * n_layers * (2 if name.startswith("norms") else 1)
-    split["output layer"] = timed(lambda: mx.grad(lambda h: model.model.embed_tokens.as_linear(h).sum())(h))
+    split["output layer"] = timed(
+        lambda: mx.grad(lambda h: model.model.embed_tokens.as_linear(h).sum())(h))
     split["loss (softmax over vocab)"] = timed(
-        lambda: mx.grad(lambda l: cross_entropy(l, x).mean())(logits))
-    results["split"] = {"shape": f"dim {dim}, {n_layers} layers, {n_heads} heads, batch {batch} x {seq}, "
-                                 f"vocab {vocab}", "seconds": split}
+        lambda: mx.grad(lambda lg: cross_entropy(lg, x).mean())(logits))
+    results["split"] = {"shape": f"dim {dim}, {n_layers} layers, {n_heads} heads, "
+                                 f"batch {batch} x {seq}, vocab {vocab}", "seconds": split}
 
 
 def bench_memory():
-    """train.py's own peak memory on the default settings, against what such a step needs at least."""
-    # Parameters, gradients and AdamW's two moments (4 copies), plus what backward must keep per token, in floats: per
-    # layer the two norms' inputs and outputs (4 dim), q, k, v and the attention output (4 dim, at most), the
-    # attention probabilities (n_heads x seq: the CPU path materialises them), and the MLP's gate, up, their
-    # activation and product (4 hidden); then the final norm (dim) and the logits and their softmax (2 vocab).
+    """train.py's own peak memory on the default settings, against what such a step needs at
+    least."""
+    # Parameters, gradients and AdamW's two moments (4 copies), plus what backward must keep per
+    # token, in floats: per layer the two norms' inputs and outputs (4 dim), q, k, v and the
+    # attention output (4 dim, at most), the attention probabilities (n_heads x seq: the CPU path
+    # materialises them), and the MLP's gate, up, their activation and product (4 hidden); then the
+    # final norm (dim) and the logits and their softmax (2 vocab).
     default = next((r for r in results.get("train", []) if r["name"] == "default"), None)
     if default is None:
         return
     a, batch = ModelArgs(), 16  # train.py's defaults
     param_bytes = 4 * Model(a).num_params()
-    per_token = a.n_layers * (8 * a.dim + a.n_heads * a.max_seq_len + 4 * a.hidden_dim) + a.dim + 2 * a.vocab_size
+    per_token = (a.n_layers * (8 * a.dim + a.n_heads * a.max_seq_len + 4 * a.hidden_dim) + a.dim
+                 + 2 * a.vocab_size)
     activations = 4 * per_token * batch * a.max_seq_len
     peak = default["peak_mem_gb"] * 1e9
-    results["memory"] = {"params_grads_adam_mb": 4 * param_bytes / 1e6, "activations_mb": activations / 1e6,
-                         "peak_mb": peak / 1e6, "ratio": peak / (4 * param_bytes + activations)}
+    results["memory"] = {"params_grads_adam_mb": 4 * param_bytes / 1e6,
+                         "activations_mb": activations / 1e6, "peak_mb": peak / 1e6,
+                         "ratio": peak / (4 * param_bytes + activations)}
 
 
 def bench_generate(dim=256, n_layers=4, n_heads=8, vocab=4096, context=256, new=128):
     mx.random.seed(0)
-    model = Model(ModelArgs(dim=dim, n_layers=n_layers, n_heads=n_heads, vocab_size=vocab, max_seq_len=context + new))
+    model = Model(ModelArgs(dim=dim, n_layers=n_layers, n_heads=n_heads, vocab_size=vocab,
+                            max_seq_len=context + new))
     mx.eval(model.parameters())
     prompt = mx.random.randint(0, vocab, (1, context))
 
@@ -181,7 +197,8 @@ def bench_generate(dim=256, n_layers=4, n_heads=8, vocab=4096, context=256, new=
         return tokens
     t_recompute = timed(recompute, repeat=2) / 16
     results["generate"] = {"shape": f"dim {dim}, {n_layers} layers, context {context}",
-                           "prefill_tokens_per_sec": context / t_prefill, "decode_tokens_per_sec": new / t_decode,
+                           "prefill_tokens_per_sec": context / t_prefill,
+                           "decode_tokens_per_sec": new / t_decode,
                            "no_cache_tokens_per_sec": 1 / t_recompute,
                            "cache_speedup": (new / t_decode) * t_recompute}
 
@@ -221,14 +238,16 @@ if "split" in results:
         print(f"  {k:<28} {v * 1000:8.1f} ms")
 if "memory" in results:
     m = results["memory"]
-    print(f"memory of a step: peak {m['peak_mb']:.0f} MB = {m['ratio']:.2f}x what it needs: parameters, gradients "
-          f"and AdamW {m['params_grads_adam_mb']:.0f} MB + activations {m['activations_mb']:.0f} MB")
+    print(f"memory of a step: peak {m['peak_mb']:.0f} MB = {m['ratio']:.2f}x what it needs: "
+          f"parameters, gradients and AdamW {m['params_grads_adam_mb']:.0f} MB + activations "
+          f"{m['activations_mb']:.0f} MB")
 if "generate" in results:
     g = results["generate"]
-    print(f"generate ({g['shape']}): prefill {g['prefill_tokens_per_sec']:,.0f} tok/s, decode with KV cache "
-          f"{g['decode_tokens_per_sec']:,.0f} tok/s, without {g['no_cache_tokens_per_sec']:,.1f} tok/s "
-          f"({g['cache_speedup']:.0f}x)")
+    print(f"generate ({g['shape']}): prefill {g['prefill_tokens_per_sec']:,.0f} tok/s, "
+          f"decode with KV cache {g['decode_tokens_per_sec']:,.0f} tok/s, "
+          f"without {g['no_cache_tokens_per_sec']:,.1f} tok/s ({g['cache_speedup']:.0f}x)")
 if "prepare" in results:
     p = results["prepare"]
-    print(f"prepare: {p['corpus_mb']:.1f} MB of text tokenized at {p['tokenize_mb_per_sec']:.1f} MB/s")
+    print(f"prepare: {p['corpus_mb']:.1f} MB of text tokenized at "
+          f"{p['tokenize_mb_per_sec']:.1f} MB/s")
 print(f"wrote {out}")

@@ -1,16 +1,19 @@
 """
-The CPU fast path: what makes training on MLX's CPU backend (Linux, or a Mac told to use its CPU) fast.
+The CPU fast path: what makes training on MLX's CPU backend (Linux, or a Mac told to use its CPU)
+fast.
 
-On a GPU none of this runs. model.py takes attention, SiLU and the loss from here in one place, and train.py the
-worker threads, only when the default device is the CPU; every function here is tested against the MLX function it
-stands in for, values and gradients (tests/test_cpu.py). Why each exists (numbers in the README, "Speed"):
+On a GPU none of this runs. model.py takes attention, SiLU and the loss from here in one place, and
+train.py the worker threads, only when the default device is the CPU; every function here is tested
+against the MLX function it stands in for, values and gradients (tests/test_cpu.py). Why each
+exists (numbers in the README, "Speed"):
 
-- OpenBLAS: the Linux mlx[cpu] wheel links the reference BLAS, ~40x slower for fp32 matmuls. Loading OpenBLAS with
-  RTLD_GLOBAL before mlx.core makes MLX's cblas_sgemm calls resolve to it. This module must be imported before
-  mlx.core for that; model.py imports it first.
-- exp as 2^(x log2 e): MLX's CPU exp is about 3x slower than its pow, and the exps of softmax, SiLU and the loss
-  were much of a step.
-- Chunked attention: MLX's CPU attention is not fused; it computes every score and then masks half away.
+- OpenBLAS: the Linux mlx[cpu] wheel links the reference BLAS, ~40x slower for fp32 matmuls.
+  Loading OpenBLAS with RTLD_GLOBAL before mlx.core makes MLX's cblas_sgemm calls resolve to it.
+  This module must be imported before mlx.core for that; model.py imports it first.
+- exp as 2^(x log2 e): MLX's CPU exp is about 3x slower than its pow, and the exps of softmax, SiLU
+  and the loss were much of a step.
+- Chunked attention: MLX's CPU attention is not fused; it computes every score and then masks half
+  away.
 - Worker threads: MLX runs each elementwise op of a CPU stream on one core; only matmuls use more.
 """
 import ctypes
@@ -25,23 +28,26 @@ import threading
 
 def _locate(dist, match):
     try:
-        return next((str(f.locate()) for f in importlib.metadata.files(dist) or () if match(f.name)), None)
+        return next((str(f.locate()) for f in importlib.metadata.files(dist) or ()
+                     if match(f.name)), None)
     except importlib.metadata.PackageNotFoundError:
         return None
 
 
 def _load_openblas():
-    """cmeel-openblas's libopenblas with RTLD_GLOBAL (Linux only; macOS has Accelerate), or None with a warning.
+    """cmeel-openblas's libopenblas with RTLD_GLOBAL (Linux only; macOS has Accelerate), or None
+    with a warning.
 
-    That OpenBLAS needs the Fortran runtime libgfortran.so.5, which a bare Linux lacks; the mlx[cpu] wheel ships
-    one under a renamed file and soname (auditwheel's), which the loader does not match to that name. A copy
-    whose soname says libgfortran.so.5 again, loaded first, stands in for it, so pip alone gives the fast path.
+    That OpenBLAS needs the Fortran runtime libgfortran.so.5, which a bare Linux lacks; the mlx[cpu]
+    wheel ships one under a renamed file and soname (auditwheel's), which the loader does not match
+    to that name. A copy whose soname says libgfortran.so.5 again, loaded first, stands in for it,
+    so pip alone gives the fast path.
     """
     if sys.platform != "linux" or _locate("mlx-cpu", lambda name: True) is None:
         return None  # macOS has Accelerate; a CUDA build of MLX computes on the GPU
     if "mlx.core" in sys.modules:
-        print("warning: mlx.core was imported before cpu.py, so OpenBLAS cannot replace its slow reference BLAS; "
-              "import model (or cpu) first", file=sys.stderr)
+        print("warning: mlx.core was imported before cpu.py, so OpenBLAS cannot replace its slow "
+              "reference BLAS; import model (or cpu) first", file=sys.stderr)
         return None
     openblas = _locate("cmeel-openblas", lambda name: name == "libopenblas.so.0")
     if openblas is None:
@@ -52,37 +58,44 @@ def _load_openblas():
     quadmath = _locate("mlx-cpu", lambda name: name.startswith("libquadmath-") and ".so" in name)
     if gfortran and quadmath:
         try:
-            ctypes.CDLL(quadmath, mode=ctypes.RTLD_GLOBAL)  # what the renamed libgfortran itself links
+            # what the renamed libgfortran itself links
+            ctypes.CDLL(quadmath, mode=ctypes.RTLD_GLOBAL)
             with open(gfortran, "rb") as f:
                 lib = f.read()
             soname = os.path.basename(gfortran).encode() + b"\0"
-            with tempfile.NamedTemporaryFile(suffix=".so") as copy:  # the loaded copy outlives its file
+            # the loaded copy outlives its file
+            with tempfile.NamedTemporaryFile(suffix=".so") as copy:
                 copy.write(lib.replace(soname, b"libgfortran.so.5".ljust(len(soname), b"\0"), 1))
                 copy.flush()
                 ctypes.CDLL(copy.name, mode=ctypes.RTLD_GLOBAL)
         except OSError:
             pass  # a system libgfortran5, if there is one, still serves below
     try:
-        config = _openblas_config(ctypes.CDLL(openblas))  # loaded locally first: MLX cannot call it yet
+        # loaded locally first: MLX cannot call it yet
+        config = _openblas_config(ctypes.CDLL(openblas))
     except OSError as e:
         print(f"warning: OpenBLAS did not load ({e}); matmuls will be ~40x slower. "
               "Fix: apt-get install libgfortran5", file=sys.stderr)
         return None
     missing = missing_instruction(config, _cpu_flags())
     if missing:
-        print(f"warning: this OpenBLAS ({config.split(' MAX')[0]}) needs {missing}, which this CPU lacks, so "
-              "matmuls will be ~40x slower; pip install cmeel-openblas==0.3.29 (built for AVX2)", file=sys.stderr)
+        print(f"warning: this OpenBLAS ({config.split(' MAX')[0]}) needs {missing}, which this CPU "
+              "lacks, so matmuls will be ~40x slower; "
+              "pip install cmeel-openblas==0.3.29 (built for AVX2)", file=sys.stderr)
         return None
-    return ctypes.CDLL(openblas, mode=ctypes.RTLD_GLOBAL)  # now global: MLX's cblas_sgemm calls resolve to it
+    # now global: MLX's cblas_sgemm calls resolve to it
+    return ctypes.CDLL(openblas, mode=ctypes.RTLD_GLOBAL)
 
 
-# An OpenBLAS built for one CPU family (not DYNAMIC_ARCH) runs its instructions unchecked: on a CPU without them
-# the first matmul dies of SIGILL. cmeel-openblas 0.3.31's x86 wheel is built for AVX-512 (SKYLAKEX).
-_NEEDS = {"SKYLAKEX": "avx512f", "COOPERLAKE": "avx512_bf16", "SAPPHIRERAPIDS": "amx_tile", "HASWELL": "avx2",
-          "ZEN": "avx2"}
+# An OpenBLAS built for one CPU family (not DYNAMIC_ARCH) runs its instructions unchecked: on a CPU
+# without them the first matmul dies of SIGILL. cmeel-openblas 0.3.31's x86 wheel is built for
+# AVX-512 (SKYLAKEX).
+_NEEDS = {"SKYLAKEX": "avx512f", "COOPERLAKE": "avx512_bf16", "SAPPHIRERAPIDS": "amx_tile",
+          "HASWELL": "avx2", "ZEN": "avx2"}
 
 
-def missing_instruction(config, cpu_flags):  # openblas_get_config()'s words, /proc/cpuinfo's -> a flag or None
+# openblas_get_config()'s words, /proc/cpuinfo's -> a flag or None
+def missing_instruction(config, cpu_flags):
     words = config.split()
     if "DYNAMIC_ARCH" in words:
         return None  # it picks its kernels for the CPU it runs on
@@ -99,14 +112,21 @@ def _cpu_flags():
         return next((line.split(":")[1].split() for line in f if line.startswith("flags")), [])
 
 
-_openblas = _load_openblas()
-import mlx.core as mx  # noqa: E402
-import mlx.nn as nn  # noqa: E402
-from mlx.utils import tree_map  # noqa: E402
+_openblas = _load_openblas()  # first: this must run before mlx.core is imported
+from mlx import core as mx, nn, utils  # noqa: E402
 
 ON_CPU = mx.default_device() == mx.cpu
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 LOG2E = math.log2(math.e)
 CHUNK = 64  # queries per block of attention
+
+
+def worker_threads(batch_size, processes):
+    """train.py's threads=0: a worker thread per core, as many as divide batch_size; one on a GPU,
+    or where several processes share the machine (mlx.launch)."""
+    if not ON_CPU or processes > 1:
+        return 1
+    return max(n for n in range(1, CORES + 1) if batch_size % n == 0)
 
 
 def set_blas_threads(n):
@@ -130,63 +150,75 @@ def softmax_vjp(primals, cotangent, p):  # from the saved probabilities: no exp 
     return p * (cotangent - (cotangent * p).sum(axis=-1, keepdims=True))
 
 
-def silu(x):  # x * sigmoid(x); the cap keeps e^-x finite, or its gradient would be 0 * inf = nan for x < -88
+# x * sigmoid(x); the cap keeps e^-x finite, or its gradient would be 0 * inf = nan for x < -88
+def silu(x):
     return x / (1 + exp(mx.minimum(-x, 80.0)))
 
 
-def cross_entropy(logits, targets):  # logits (..., vocab), targets (...) -> the loss of each token, like MLX's
-    m = mx.stop_gradient(logits.max(axis=-1, keepdims=True))  # for range only: logsumexp does not depend on it
+# logits (..., vocab), targets (...) -> the loss of each token, like MLX's
+def cross_entropy(logits, targets):
+    # for range only: logsumexp does not depend on it
+    m = mx.stop_gradient(logits.max(axis=-1, keepdims=True))
     logsumexp = mx.log(exp(logits - m).sum(axis=-1)) + m.squeeze(-1)
     return logsumexp - mx.take_along_axis(logits, targets[..., None], axis=-1).squeeze(-1)
 
 
-def attention(q, k, v, scale, mask=None):  # mx.fast.scaled_dot_product_attention, for mask None or "causal"
-    # q: (B, n_heads, L, hd); k, v: (B, n_kv_heads, S, hd), S >= L. Query i sits at position S - L + i, after any
-    # cached tokens, and sees the keys up to it. CHUNK queries at a time against only the keys they can see skip
-    # most of the masked half.
+# mx.fast.scaled_dot_product_attention, for mask None or "causal"
+def attention(q, k, v, scale, mask=None):
+    # q: (B, n_heads, L, hd); k, v: (B, n_kv_heads, S, hd), S >= L. Query i sits at position
+    # S - L + i, after any cached tokens, and sees the keys up to it. CHUNK queries at a time
+    # against only the keys they can see skip most of the masked half.
     B, n_heads, L, hd = q.shape
     S, n_kv_heads = k.shape[2], k.shape[1]
     if mask is None:
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale)
-    q = (q * scale).reshape(B, n_kv_heads, n_heads // n_kv_heads, L, hd)  # query heads grouped by their kv head
+    # query heads grouped by their kv head
+    q = (q * scale).reshape(B, n_kv_heads, n_heads // n_kv_heads, L, hd)
     k, v = k[:, :, None], v[:, :, None]  # (B, n_kv_heads, 1, S, hd)
     out = []
     for i in range(0, L, CHUNK):
         seen = S - L + min(i + CHUNK, L)  # keys visible to the last query of the block
-        scores = q[:, :, :, i:i + CHUNK] @ k[:, :, :, :seen].swapaxes(-1, -2)  # (B, n_kv, group, CHUNK, seen)
+        # (B, n_kv, group, CHUNK, seen)
+        scores = q[:, :, :, i:i + CHUNK] @ k[:, :, :, :seen].swapaxes(-1, -2)
         visible = mx.arange(S - L + i, S - L + i + scores.shape[-2])[:, None] >= mx.arange(seen)
         out.append(softmax(mx.where(visible, scores, -mx.inf)) @ v[:, :, :, :seen])
     return mx.concatenate(out, axis=3).reshape(B, n_heads, L, hd)
 
 
 class Workers:
-    """Each batch split over n worker threads, a share of the cores each, for the loss and its gradients.
+    """Each batch split over n worker threads, a share of the cores each, for the loss and its
+    gradients.
 
-    Each thread has its own MLX stream (streams belong to the thread that made them) and its own copy of the model's
-    structure, made by make_model, holding the main model's weight arrays (no copies: they are handed over before
-    every call); OpenBLAS splits the cores between the threads.
+    Each thread has its own MLX stream (streams belong to the thread that made them) and its own
+    copy of the model's structure, made by make_model, holding the main model's weight arrays (no
+    copies: they are handed over before every call); OpenBLAS splits the cores between the threads.
     """
 
-    def __init__(self, model, make_model, loss_fn, n, compile, cores):
-        self.model, self.n, self.queues = model, n, []
+    def __init__(self, model, make_model, loss_fn, n, compile):
+        self.model, self.n, self.queues, self.replicas = model, n, [], []
         for share in range(n):
             jobs, results = queue.Queue(), queue.Queue()
             replica = make_model()  # made here: MLX's random state is not for threads
-            threading.Thread(target=self._work, args=(share, replica, loss_fn, compile, jobs, results),
+            self.replicas.append(replica)  # in the order of their shares of the batch
+            threading.Thread(target=self._work,
+                             args=(share, replica, loss_fn, compile, jobs, results),
                              daemon=True).start()
             self.queues.append((jobs, results))
-        set_blas_threads(max(1, cores // n))
+        set_blas_threads(max(1, CORES // n))
 
     def _work(self, share, replica, loss_fn, compile, jobs, results):
         loss_and_grad = nn.value_and_grad(replica, loss_fn)
-        step = lambda x, y: loss_and_grad(replica, x, y)  # noqa: E731
+        def step(x, y):
+            return loss_and_grad(replica, x, y)
         if compile:
             step = mx.compile(step, inputs=replica.state, outputs=replica.state)
         with mx.stream(mx.new_stream(mx.cpu)):
             for grads, x, y in iter(jobs.get, None):
                 try:
-                    replica.update(self.model.parameters())  # the main thread waits meanwhile: these are current
-                    x, y = x[share::self.n], y[share::self.n]  # sliced here: this thread cannot run the main one's ops
+                    # the main thread waits meanwhile: these are current
+                    replica.update(self.model.parameters())
+                    # sliced here: this thread cannot run the main one's ops
+                    x, y = x[share::self.n], y[share::self.n]
                     out = step(x, y) if grads else loss_fn(replica, x, y)
                     mx.eval(out)
                     results.put(out)
@@ -200,7 +232,7 @@ class Workers:
         for out in outs:
             if isinstance(out, BaseException):
                 raise out
-        return tree_map(lambda *shares: sum(shares) / self.n, *outs)
+        return utils.tree_map(lambda *shares: sum(shares) / self.n, *outs)
 
     def forward_backward(self, x, y):  # -> (mean loss, mean gradients)
         return self._run(True, x, y)

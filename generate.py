@@ -1,15 +1,15 @@
 """
-Sample text from a checkpoint folder written by train.py (or any llama folder with a tokenizer.model).
+Sample text from a checkpoint folder written by train.py (or any llama folder with a
+tokenizer.model).
 
-Reads out_dir/{config.json,model.safetensors,tokenizer.model}; prints the samples as they are produced. With
---interactive=True it reads prompts from stdin instead, one a line, and prints one sample for each, until an empty
-line or the end of the input (Ctrl-D).
+Reads out_dir/{config.json,model.safetensors,tokenizer.model}; prints the samples as they are
+produced. With --interactive=True it reads prompts from stdin instead, one a line, and prints one
+sample for each, until an empty line or the end of the input (Ctrl-D).
 
     python generate.py --prompt="def fibonacci(n):" --max_new_tokens=200 --temperature=0.7
     python generate.py --prompt=FILE:prompt.txt --num_samples=3 --top_k=50
     printf 'the cat\nthe dog\n' | python generate.py --interactive=True --temperature=0
 """
-import itertools
 import os
 import sys
 import time
@@ -18,21 +18,26 @@ from model import load_model  # first: model.py loads cpu.py, which must come be
 import mlx.core as mx
 import sentencepiece as spm
 
-from configurator import configure
+from configurator import check, configure
 from sampling import generate, stream_text
 
 # -----------------------------------------------------------------------------
 out_dir = "out"  # the checkpoint folder
 prompt = ""  # the text to continue; FILE:path reads it from a file; empty starts a new document
-interactive = False  # read the prompts from stdin, one a line, one sample each; an empty line or end of input stops
+# read the prompts from stdin, one a line, one sample each; an empty line or end of input stops
+interactive = False
 num_samples = 2  # samples of the prompt (not with interactive)
 max_new_tokens = 300
 temperature = 0.8  # 0 means greedy: always the most likely token
 top_k = 0  # keep only the k most likely tokens; 0 keeps all
-top_p = 0.95  # keep the smallest set of tokens whose probability reaches p (nucleus sampling); 1 keeps all
-min_p = 0.0  # keep only the tokens at least min_p times as likely as the most likely one; 0 keeps all
-repetition_penalty = 1.0  # > 1 makes the tokens of the recent context less likely (CTRL's rule); 1 is off
-repetition_context = 20  # how many of the last tokens repetition_penalty looks at; 0 means the whole context
+# keep the smallest set of tokens whose probability reaches p (nucleus sampling); 1 keeps all
+top_p = 0.95
+# keep only the tokens at least min_p times as likely as the most likely one; 0 keeps all
+min_p = 0.0
+# > 1 makes the tokens of the recent context less likely (CTRL's rule); 1 is off
+repetition_penalty = 1.0
+# how many of the last tokens repetition_penalty looks at; 0 means the whole context
+repetition_context = 20
 seed = 1337
 # -----------------------------------------------------------------------------
 configure(globals(), echo=sys.stderr)
@@ -41,16 +46,19 @@ if prompt.startswith("FILE:"):
         sys.exit(f"error: prompt file {prompt[5:]!r} not found")
     with open(prompt[5:], encoding="utf-8") as f:
         prompt = f.read()
-for name, ok in (("temperature", temperature >= 0), ("top_k", top_k >= 0), ("top_p", 0 < top_p <= 1),
-                 ("min_p", 0 <= min_p < 1), ("repetition_penalty", repetition_penalty > 0),
-                 ("repetition_context", repetition_context >= 0), ("max_new_tokens", max_new_tokens > 0)):
-    if not ok:
-        sys.exit(f"error: {name}={globals()[name]} is out of range (see python generate.py --help)")
+check(globals(), [("temperature", temperature >= 0, "at least 0"),
+                  ("top_k", top_k >= 0, "at least 0"),
+                  ("top_p", 0 < top_p <= 1, "above 0 and at most 1"),
+                  ("min_p", 0 <= min_p < 1, "at least 0 and below 1"),
+                  ("repetition_penalty", repetition_penalty > 0, "above 0"),
+                  ("repetition_context", repetition_context >= 0, "at least 0"),
+                  ("max_new_tokens", max_new_tokens > 0, "at least 1")])
 
 model, config = load_model(out_dir)
 tokenizer_path = os.path.join(out_dir, "tokenizer.model")
 if not os.path.isfile(tokenizer_path):
-    sys.exit(f"error: {out_dir!r} has no tokenizer.model; copy in the one the model was trained with")
+    sys.exit(f"error: {out_dir!r} has no tokenizer.model; "
+             "copy in the one the model was trained with")
 sp = spm.SentencePieceProcessor(model_file=tokenizer_path)
 max_seq_len = model.args.max_seq_len
 mx.random.seed(seed)
@@ -61,19 +69,18 @@ sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
 def encode(prompt):
     tokens = [sp.bos_id()] + sp.encode(prompt)
     if len(tokens) >= max_seq_len:
-        print(f"note: the prompt has {len(tokens)} tokens, more than the model's context of {max_seq_len}; "
-              f"the model sees its last {max_seq_len // 2}", file=sys.stderr)
+        print(f"note: the prompt has {len(tokens)} tokens, more than the model's context of "
+              f"{max_seq_len}; the model sees its last {max_seq_len // 2}", file=sys.stderr)
     return tokens
 
 
 def write_sample(prompt, prompt_tokens):
-    """The prompt and a continuation on stdout as it is produced, up to EOS or max_new_tokens; the speed on stderr."""
+    """The prompt and a continuation on stdout as it is produced, up to EOS or max_new_tokens; the
+    speed on stderr."""
     t0, arrivals = time.perf_counter(), []
 
     def new_tokens():
-        for token in itertools.islice(generate(model, prompt_tokens, **sampling), max_new_tokens):
-            if token == sp.eos_id():
-                return
+        for token in generate(model, prompt_tokens, max_new_tokens, sp.eos_id(), **sampling):
             arrivals.append(time.perf_counter())
             yield token
 
@@ -92,8 +99,8 @@ def write_sample(prompt, prompt_tokens):
 
 
 def read_prompts():
-    """stdin's lines up to an empty one or the end; a terminal asks for each with "> " on stderr, which keeps stdout
-    to the text, as with a pipe."""
+    """stdin's lines up to an empty one or the end; a terminal asks for each with "> " on stderr,
+    which keeps stdout to the text, as with a pipe."""
     while True:
         if sys.stdin.isatty():
             sys.stderr.write("> ")

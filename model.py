@@ -1,13 +1,16 @@
 """
-The LLaMA-2 architecture in MLX: RMSNorm, rotary embeddings, SwiGLU, grouped-query attention and a KV cache.
+The LLaMA-2 architecture in MLX: RMSNorm, rotary embeddings, SwiGLU, grouped-query attention and a
+KV cache.
 
-Parameter names follow the Hugging Face / mlx-lm llama layout (model.layers.N.self_attn.q_proj, ...) and
-ModelArgs is saved as a Hugging Face style config.json, so a checkpoint folder is already in the form that
-mlx-lm and transformers read. Every script imports it before mlx.core (it imports cpu.py first).
+Parameter names follow the Hugging Face / mlx-lm llama layout (model.layers.N.self_attn.q_proj,
+...) and ModelArgs is saved as a Hugging Face style config.json, so a checkpoint folder is already
+in the form that mlx-lm and transformers read. Every script imports it before mlx.core (it imports
+cpu.py first).
 """
 import glob
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, fields
@@ -19,17 +22,19 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 import files
 
-# MLX's fused kernels. On the CPU, where MLX runs them unfused on one thread, cpu.py's versions of the same functions
-# are faster; they give the same values and gradients (tests/test_cpu.py).
+# MLX's fused kernels. On the CPU, where MLX runs them unfused on one thread, cpu.py's versions of
+# the same functions are faster; they give the same values and gradients (tests/test_cpu.py).
 attention = cpu.attention if cpu.ON_CPU else mx.fast.scaled_dot_product_attention
 silu = cpu.silu if cpu.ON_CPU else nn.silu
-cross_entropy = cpu.cross_entropy if cpu.ON_CPU else nn.losses.cross_entropy  # (..., vocab) -> each token's loss
+# (..., vocab) -> each token's loss
+cross_entropy = cpu.cross_entropy if cpu.ON_CPU else nn.losses.cross_entropy
 
 
 def dropout(x, p, key):
-    # nn.Dropout draws its masks from MLX's global random state, which worker threads share and a checkpoint does not
-    # hold; a key given with each step (train.py's) keeps the masks reproducible. No gradient flows into a key: the
-    # mx.checkpoint of grad_checkpoint would otherwise ask the random bits for one.
+    # nn.Dropout draws its masks from MLX's global random state, which worker threads share and a
+    # checkpoint does not hold; a key given with each step (train.py's) keeps the masks
+    # reproducible. No gradient flows into a key: the mx.checkpoint of grad_checkpoint would
+    # otherwise ask the random bits for one.
     if not p:
         return x
     keep = mx.random.bernoulli(1 - p, x.shape, key=None if key is None else mx.stop_gradient(key))
@@ -41,7 +46,7 @@ class ModelArgs:
     dim: int = 256
     n_layers: int = 4
     n_heads: int = 8
-    n_kv_heads: int = 0  # 0 means n_heads (plain multi-head attention); fewer means grouped-query attention
+    n_kv_heads: int = 0  # 0: n_heads (plain multi-head attention); fewer: grouped-query attention
     vocab_size: int = 4096
     hidden_dim: int = 0  # 0 means LLaMA's rule: 2/3 of 4*dim, rounded up to multiple_of
     multiple_of: int = 32
@@ -59,7 +64,8 @@ class ModelArgs:
             raise ValueError(f"dim ({self.dim}) must divide by n_heads ({self.n_heads}), "
                              f"and n_heads by n_kv_heads ({self.n_kv_heads})")
 
-    # config.json uses the keys of Hugging Face's LlamaConfig, which mlx-lm's llama loader also reads.
+    # config.json uses the keys of Hugging Face's LlamaConfig, which mlx-lm's llama loader also
+    # reads.
     def to_config(self):
         return {
             "model_type": "llama", "architectures": ["LlamaForCausalLM"],
@@ -74,7 +80,8 @@ class ModelArgs:
 
     @classmethod
     def from_config(cls, config):
-        rope = config.get("rope_parameters") or {}  # transformers 5 keeps rope_theta here, not at the top level
+        # transformers 5 keeps rope_theta in rope_parameters, not at the top level
+        rope = config.get("rope_parameters") or {}
         return cls(dim=config["hidden_size"], n_layers=config["num_hidden_layers"],
                    n_heads=config["num_attention_heads"],
                    n_kv_heads=config.get("num_key_value_heads", config["num_attention_heads"]),
@@ -89,7 +96,8 @@ MODEL_ARGS = [f.name for f in fields(ModelArgs)]
 
 
 class KVCache:
-    """Keys and values of the tokens seen so far, preallocated to max_seq_len so decoding never copies."""
+    """Keys and values of the tokens seen so far, preallocated to max_seq_len so decoding never
+    copies."""
 
     def __init__(self, args, batch_size=1, dtype=mx.float32):
         shape = (batch_size, args.n_kv_heads, args.max_seq_len, args.dim // args.n_heads)
@@ -114,19 +122,22 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(args.dim, args.n_kv_heads * head_dim, bias=False)
         self.v_proj = nn.Linear(args.dim, args.n_kv_heads * head_dim, bias=False)
         self.o_proj = nn.Linear(args.n_heads * head_dim, args.dim, bias=False)
-        # traditional=False rotates the two halves of each head, the Hugging Face layout, so weights load elsewhere.
+        # traditional=False rotates the two halves of each head, the Hugging Face layout, so weights
+        # load elsewhere.
         self.rope = nn.RoPE(head_dim, traditional=False, base=args.rope_theta)
 
     def __call__(self, x, cache=None):
         B, L, _ = x.shape
-        q = self.q_proj(x).reshape(B, L, self.n_heads, -1).transpose(0, 2, 1, 3)  # (B, n_heads, L, hd)
-        k = self.k_proj(x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)  # (B, n_kv_heads, L, hd)
+        # q: (B, n_heads, L, hd); k, v: (B, n_kv_heads, L, hd)
+        q = self.q_proj(x).reshape(B, L, self.n_heads, -1).transpose(0, 2, 1, 3)
+        k = self.k_proj(x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
         v = self.v_proj(x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
         offset = cache.offset if cache is not None else 0
         q, k = self.rope(q, offset=offset), self.rope(k, offset=offset)
         if cache is not None:
             k, v = cache.update(k, v)
-        out = attention(q, k, v, scale=self.scale, mask="causal" if L > 1 else None)  # query i sees keys up to it
+        # causal: query i sees keys up to it
+        out = attention(q, k, v, scale=self.scale, mask="causal" if L > 1 else None)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
 
 
@@ -149,7 +160,8 @@ class TransformerBlock(nn.Module):
         self.input_layernorm = nn.RMSNorm(args.dim, eps=args.norm_eps)
         self.post_attention_layernorm = nn.RMSNorm(args.dim, eps=args.norm_eps)
 
-    def __call__(self, x, cache=None, p=0.0, keys=(None, None)):  # p, keys: dropout on the two residual branches
+    # p, keys: dropout on the two residual branches
+    def __call__(self, x, cache=None, p=0.0, keys=(None, None)):
         h = x + dropout(self.self_attn(self.input_layernorm(x), cache), p, keys[0])
         return h + dropout(self.mlp(self.post_attention_layernorm(h)), p, keys[1])
 
@@ -160,17 +172,19 @@ class LlamaModel(nn.Module):
         self.embed_tokens = nn.Embedding(args.vocab_size, args.dim)
         self.layers = [TransformerBlock(args) for _ in range(args.n_layers)]
         self.norm = nn.RMSNorm(args.dim, eps=args.norm_eps)
-        self.grad_checkpoint = False  # train.py's setting: keep only each block's input for the backward pass
-        # train.py's dropout, in training mode only; not in ModelArgs, since LLaMA's inference has none. Its masks
-        # come from _dropout_key, which train.py sets before every step: the "_" keeps it out of parameters() (so
-        # out of the optimizer and model.safetensors), while mx.compile still takes it in with the model's state.
-        self.dropout = 0.0
+        # Set by Model.set_training: dropout (training mode only; not in ModelArgs, LLaMA's
+        # inference has none) and grad_checkpoint. The "_" keeps the masks' key out of
+        # parameters() (so out of the optimizer and model.safetensors), while mx.compile still
+        # takes it in with the model's state.
+        self.dropout, self.grad_checkpoint = 0.0, False
         self._dropout_key = None  # None: MLX's global random state, as nn.Dropout
 
     def __call__(self, tokens, cache=None):
         p = self.dropout if self.training else 0.0
-        n = 1 + 2 * len(self.layers)  # a key for the embedding's output and each block's two branches
-        keys = mx.random.split(self._dropout_key, n) if p and self._dropout_key is not None else [None] * n
+        # a key for the embedding's output and each block's two branches
+        n = 1 + 2 * len(self.layers)
+        keys = (mx.random.split(self._dropout_key, n) if p and self._dropout_key is not None
+                else [None] * n)
         h = dropout(self.embed_tokens(tokens), p, keys[0])
         for i, layer in enumerate(self.layers):
             block = nn.utils.checkpoint(layer) if self.grad_checkpoint and cache is None else layer
@@ -188,8 +202,9 @@ class Model(nn.Module):
         self._init_weights()
 
     def _init_weights(self):
-        # GPT-2 / llama2.c init: N(0, 0.02), and the projections that write into the residual stream scaled down
-        # by sqrt(2 * n_layers) so the stream's variance does not grow with depth.
+        # GPT-2 / llama2.c init: N(0, 0.02), and the projections that write into the residual
+        # stream scaled down by sqrt(2 * n_layers) so the stream's variance does not grow with
+        # depth.
         residual_std = 0.02 / math.sqrt(2 * self.args.n_layers)
         def init(path, p):
             if path.endswith("norm.weight"):
@@ -204,6 +219,17 @@ class Model(nn.Module):
             return self.model.embed_tokens.as_linear(h)
         return self.lm_head(h)
 
+    def set_training(self, dropout=0.0, grad_checkpoint=False):
+        """Dropout on the embedding's output and each residual branch (in training mode only), and
+        grad_checkpoint: keep only each block's input, recomputing the rest in the backward pass."""
+        self.model.dropout, self.model.grad_checkpoint = dropout, grad_checkpoint
+        return self
+
+    def set_dropout_key(self, key):
+        """The key that the next pass draws its dropout masks from: a resumed run draws them
+        again."""
+        self.model._dropout_key = key
+
     def make_cache(self, batch_size=1):
         dtype = self.model.embed_tokens.weight.dtype
         return [KVCache(self.args, batch_size, dtype) for _ in range(self.args.n_layers)]
@@ -213,15 +239,17 @@ class Model(nn.Module):
         return n if embedding else n - self.model.embed_tokens.weight.size
 
     def flops_per_token(self, seq_len):
-        # 6 flops per matmul weight per token (2 forward, 4 backward), the output layer included even when tied,
-        # plus attention's QK^T and AV: 6 * 2 * n_layers * dim * seq_len (PaLM appendix B; nanoGPT's estimate_mfu).
+        # 6 flops per matmul weight per token (2 forward, 4 backward), the output layer included
+        # even when tied, plus attention's QK^T and AV: 6 * 2 * n_layers * dim * seq_len (PaLM
+        # appendix B; nanoGPT's estimate_mfu).
         a = self.args
-        matmul_weights = self.num_params(embedding=False) + a.vocab_size * a.dim * (1 if a.tie_embeddings else 0)
+        matmul_weights = (self.num_params(embedding=False)
+                          + a.vocab_size * a.dim * (1 if a.tie_embeddings else 0))
         return 6 * matmul_weights + 12 * a.n_layers * a.dim * seq_len
 
     def sanitize(self, weights):
-        """Foreign checkpoints' extras out, as in mlx-lm: RoPE's inverse frequencies (older transformers saved
-        them), and a tied model's copy of lm_head."""
+        """Foreign checkpoints' extras out, as in mlx-lm: RoPE's inverse frequencies (older
+        transformers saved them), and a tied model's copy of lm_head."""
         weights = {k: v for k, v in weights.items() if "rotary_emb" not in k}
         if self.args.tie_embeddings:
             weights.pop("lm_head.weight", None)
@@ -229,31 +257,37 @@ class Model(nn.Module):
 
 
 def load_model(path):
-    """A checkpoint folder, ours or a Hugging Face llama one (config.json + model*.safetensors) -> (Model, config)."""
+    """A checkpoint folder, ours or a Hugging Face llama one (config.json + model*.safetensors)
+    -> (Model, config)."""
     config = files.read_config(path)
     config_path = os.path.join(path, "config.json")
-    rope_scaling = config.get("rope_scaling") or (config.get("rope_parameters") or {}).get("rope_type", "default")
+    rope_scaling = (config.get("rope_scaling")
+                    or (config.get("rope_parameters") or {}).get("rope_type", "default"))
     if config.get("model_type") != "llama" or rope_scaling != "default":
-        sys.exit(f"error: {config_path} is not a plain llama model (model_type={config.get('model_type')!r}, "
-                 f"rope scaling {rope_scaling!r}); only LLaMA-2 style checkpoints load here")
+        sys.exit(f"error: {config_path} is not a plain llama model "
+                 f"(model_type={config.get('model_type')!r}, rope scaling {rope_scaling!r}); "
+                 f"only LLaMA-2 style checkpoints load here")
     try:
         args = ModelArgs.from_config(config)
     except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
-        sys.exit(f"error: {config_path} does not describe a model ({e.__class__.__name__}: {e}); restore it from a "
-                 f"copy of the folder")
+        sys.exit(f"error: {config_path} does not describe a model ({e.__class__.__name__}: {e}); "
+                 f"restore it from a copy of the folder")
     if config.get("head_dim", args.dim // args.n_heads) != args.dim // args.n_heads:
-        sys.exit(f"error: {config_path} has head_dim {config['head_dim']}, not hidden_size / num_attention_heads; "
-                 f"only LLaMA-2 style checkpoints load here")
+        sys.exit(f"error: {config_path} has head_dim {config['head_dim']}, not hidden_size / "
+                 f"num_attention_heads; only LLaMA-2 style checkpoints load here")
     model = Model(args)
     weights = {}
-    shards = sorted(glob.glob(os.path.join(path, "model*.safetensors")))  # model.safetensors, or Hugging Face's shards
+    # model.safetensors, or Hugging Face's shards
+    shards = sorted(glob.glob(os.path.join(path, "model*.safetensors")))
     if not shards:
-        sys.exit(f"error: {path!r} has config.json but no model.safetensors; copy the weights back into it")
+        sys.exit(f"error: {path!r} has config.json but no model.safetensors; "
+                 f"copy the weights back into it")
     for file in shards:
         try:
             weights.update(mx.load(file))
         except (RuntimeError, ValueError) as e:
-            sys.exit(f"error: {file} cannot be read ({e}); it is damaged: restore it from a copy of the folder")
+            sys.exit(f"error: {file} cannot be read ({e}); it is damaged: "
+                     f"restore it from a copy of the folder")
     weights = {k: v.astype(mx.float32) for k, v in model.sanitize(weights).items()}
     try:
         model.load_weights(list(weights.items()))
@@ -263,8 +297,21 @@ def load_model(path):
     return model, config
 
 
+def auto_dtype():
+    """What train.py's dtype=auto computes in: bfloat16 where the GPU has it natively (Apple's from
+    the M3 on, Metal's applegpu_g15 and later; CUDA's from Ampere on), else float32: M1 and M2 GPUs
+    emulate bfloat16, and the CPU's BLAS has none (docs/precision.md)."""
+    if mx.default_device() != mx.gpu:
+        return mx.float32
+    gpu = mx.device_info()
+    apple = re.match(r"applegpu_g(\d+)", str(gpu.get("architecture", "")))
+    native = int(apple[1]) >= 15 if apple else gpu.get("compute_capability_major", 8) >= 8
+    return mx.bfloat16 if native else mx.float32
+
+
 def measure_peak_flops(dtype=mx.float32):
-    """The device's matmul throughput in FLOP/s, the denominator of the MFU that train.py and bench.py report.
+    """The device's matmul throughput in FLOP/s, the denominator of the MFU that train.py and
+    bench.py report.
 
     The best of several short runs: a busy moment can only make a run slower, never faster.
     """

@@ -1,10 +1,13 @@
 """
-A training run's loss as an SVG image: plain text, no plotting library, so it works wherever train.py does.
+A training run's loss as an SVG image: plain text, no plotting library, so it works wherever
+train.py does.
 
-Reads the records of log.jsonl; train.py writes loss_svg(...) to out_dir/loss.svg at every eval, so a browser
-tab on that file shows the run so far. By hand, for a run's log (16384 = its tokens per iteration):
+Reads the records of log.jsonl; train.py writes loss_svg(...) to out_dir/loss.svg at every eval, so
+a browser tab on that file shows the run so far. By hand, for a run's log (16384 = its tokens per
+iteration):
 
-    python -c "import json, plot; print(plot.loss_svg(map(json.loads, open('out/log.jsonl')), 16384))" >loss.svg
+    python -c "import json, plot; print(plot.loss_svg(map(json.loads, open('out/log.jsonl')),
+               16384))" >loss.svg
 """
 import math
 from xml.sax.saxutils import escape
@@ -20,8 +23,8 @@ MAX_POINTS = 1000
 
 
 def _num(record, key):
-    # A missing value, a NaN, an inf, or a value so near the float limit that scaling it would overflow is
-    # skipped: the chart shows what can be drawn, and never raises.
+    # A missing value, a NaN, an inf, or a value so near the float limit that scaling it would
+    # overflow is skipped: the chart shows what can be drawn, and never raises.
     try:
         v = float(record[key])
     except (KeyError, TypeError, ValueError):
@@ -35,8 +38,9 @@ def _points(records, key):
 
 
 def _last_eval(records):
-    # bpb = val_loss / ln 2 * n_tokens / n_bytes is val loss times one constant per run, k = val_bpb / val_loss:
-    # the right axis relabels the loss ticks with it instead of drawing a fourth curve that repeats the val one.
+    # bpb = val_loss / ln 2 * n_tokens / n_bytes is val loss times one constant per run,
+    # k = val_bpb / val_loss: the right axis relabels the loss ticks with it instead of drawing a
+    # fourth curve that repeats the val one.
     for r in reversed(records):
         it, v, b = _num(r, "iter"), _num(r, "val_loss"), _num(r, "val_bpb")
         if it is not None and v and b is not None and abs(b / v) < 1e300:
@@ -45,8 +49,9 @@ def _last_eval(records):
 
 
 def _thin(pts):
-    # A point per logged iteration makes a long run's SVG megabytes, rewritten at every eval. Averaging runs of
-    # neighbours keeps it small; picking every n-th point instead would alias the noise into false wiggles.
+    # A point per logged iteration makes a long run's SVG megabytes, rewritten at every eval.
+    # Averaging runs of neighbours keeps it small; picking every n-th point instead would alias the
+    # noise into false wiggles.
     n = max(1, -(-len(pts) // MAX_POINTS))
     chunks = [pts[i:i + n] for i in range(0, len(pts), n)]
     return [(sum(p[0] for p in c) / len(c), sum(p[1] for p in c) / len(c)) for c in chunks]
@@ -79,20 +84,23 @@ def _si(v):  # 1200000 -> 1.2M, 340000 -> 340k
 
 
 def _text(x, y, s, anchor="middle", cls="label", extra=""):
-    return f'<text class="{cls}" x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}"{extra}>{escape(str(s))}</text>'
+    return (f'<text class="{cls}" x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}"{extra}>'
+            f'{escape(str(s))}</text>')
 
 
 def loss_svg(records, tokens_per_iter, title=""):
-    """records: the dicts of log.jsonl in order. Training lines have "iter" and "loss"; eval lines have "iter",
-    "train_loss", "val_loss" and "val_bpb". Returns the text of an SVG image."""
+    """records: the dicts of log.jsonl in order. Training lines have "iter" and "loss"; eval lines
+    have "iter", "train_loss", "val_loss" and "val_bpb". Returns the text of an SVG image."""
     records = list(records)
     curves = {name: _points(records, key) for name, (key, *_) in CURVES.items()}
     last = _last_eval(records)
     head = [title] if title else []
     if last:
-        head.append(f"iter {last[0]:.0f}: val loss {last[1]:.3f} nats/token, {last[2]:.3f} bits/byte")
+        head.append(f"iter {last[0]:.0f}: val loss {last[1]:.3f} nats/token, "
+                    f"{last[2]:.3f} bits/byte")
     elif curves["train-loss"]:
-        head.append(f"iter {curves['train-loss'][-1][0]:.0f}: train loss {curves['train-loss'][-1][1]:.3f}")
+        head.append(f"iter {curves['train-loss'][-1][0]:.0f}: "
+                    f"train loss {curves['train-loss'][-1][1]:.3f}")
     curves["train-loss"] = _thin(curves["train-loss"])
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" version="1.1" width="{W}" height="{H}" '
            f'viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">',
@@ -100,7 +108,8 @@ def loss_svg(records, tokens_per_iter, title=""):
            _text(W / 2, 26, " | ".join(head), cls="title", extra=' font-size="15"')]
     pts = [p for c in curves.values() for p in c]
     if not pts:
-        return "\n".join(out + [_text(W / 2, H / 2, "no data yet", extra=' fill="#888"'), "</svg>\n"])
+        return "\n".join(out + [_text(W / 2, H / 2, "no data yet", extra=' fill="#888"'),
+                                "</svg>\n"])
 
     # x starts at iteration 0, so the chart also shows how far along the run is.
     xticks = _ticks(min(0, min(x for x, _ in pts)), max(x for x, _ in pts), integer=True)[0]
@@ -109,24 +118,29 @@ def loss_svg(records, tokens_per_iter, title=""):
     sx = lambda x: LEFT + (x - x0) / (x1 - x0) * (RIGHT - LEFT)  # noqa: E731
     sy = lambda y: BOTTOM - (y - y0) / (y1 - y0) * (BOTTOM - TOP)  # noqa: E731
     k = last[2] / last[1] if last else None
-    val = CURVES["eval-val"][2]  # the right axis is the val curve's second scale, so it wears its colour
+    # the right axis is the val curve's second scale, so it wears its colour
+    val = CURVES["eval-val"][2]
     for t in yticks:
         out += [f'<line x1="{LEFT}" y1="{sy(t):.1f}" x2="{RIGHT}" y2="{sy(t):.1f}" stroke="#eee"/>',
                 _text(LEFT - 6, sy(t) + 4, _fmt(t, ystep), "end", "y-tick")]
         if k is not None:
-            out.append(_text(RIGHT + 6, sy(t) + 4, f"{t * k:.3g}", "start", "bpb-tick", f' fill="{val}"'))
+            out.append(_text(RIGHT + 6, sy(t) + 4, f"{t * k:.3g}", "start", "bpb-tick",
+                             f' fill="{val}"'))
     for t in xticks:
         out += [f'<line x1="{sx(t):.1f}" y1="{TOP}" x2="{sx(t):.1f}" y2="{BOTTOM}" stroke="#eee"/>',
                 _text(sx(t), BOTTOM + 16, _si(t), cls="x-tick")]
         if tokens_per_iter:
-            out.append(_text(sx(t), BOTTOM + 32, _si(t * tokens_per_iter), cls="token-tick", extra=' fill="#666"'))
+            out.append(_text(sx(t), BOTTOM + 32, _si(t * tokens_per_iter), cls="token-tick",
+                             extra=' fill="#666"'))
     # The titles of the two x scales head their rows of labels, like a table.
-    out += [f'<polyline points="{LEFT},{TOP} {LEFT},{BOTTOM} {RIGHT},{BOTTOM}" fill="none" stroke="#333"/>',
+    out += [f'<polyline points="{LEFT},{TOP} {LEFT},{BOTTOM} {RIGHT},{BOTTOM}" fill="none" '
+            'stroke="#333"/>',
             _text(LEFT - 10, BOTTOM + 16, "iteration", "end", "axis-title")]
     if tokens_per_iter:
         out.append(_text(LEFT - 10, BOTTOM + 32, "tokens", "end", "axis-title", ' fill="#666"'))
     mid = (TOP + BOTTOM) / 2
-    out.append(_text(18, mid, "loss (nats/token)", cls="axis-title", extra=f' transform="rotate(-90 18 {mid})"'))
+    out.append(_text(18, mid, "loss (nats/token)", cls="axis-title",
+                     extra=f' transform="rotate(-90 18 {mid})"'))
     if k is not None:
         out += [f'<line x1="{RIGHT}" y1="{TOP}" x2="{RIGHT}" y2="{BOTTOM}" stroke="{val}"/>',
                 _text(W - 14, mid, "val bits/byte", cls="axis-title",
@@ -137,11 +151,15 @@ def loss_svg(records, tokens_per_iter, title=""):
         if not curves[name]:
             continue
         xy = [(sx(x), sy(y)) for x, y in curves[name]]
-        out.append(f'<polyline class="{name}" points="{" ".join(f"{a:.1f},{b:.1f}" for a, b in xy)}" '
-                   f'fill="none" stroke="{colour}" stroke-width="{width}" stroke-linejoin="round"/>')
-        if name != "train-loss" or len(xy) == 1:  # evals are few, each worth seeing; one point draws no line
-            out.extend(f'<circle class="{name}" cx="{a:.1f}" cy="{b:.1f}" r="3" fill="{colour}"/>' for a, b in xy)
-        out += [f'<line x1="{RIGHT - 150}" y1="{ly - 4}" x2="{RIGHT - 126}" y2="{ly - 4}" stroke="{colour}" '
-                f'stroke-width="{width + 1}"/>', _text(RIGHT - 120, ly, legend, "start", "legend")]
+        out.append(f'<polyline class="{name}" '
+                   f'points="{" ".join(f"{a:.1f},{b:.1f}" for a, b in xy)}" fill="none" '
+                   f'stroke="{colour}" stroke-width="{width}" stroke-linejoin="round"/>')
+        # evals are few, each worth seeing; one point draws no line
+        if name != "train-loss" or len(xy) == 1:
+            out.extend(f'<circle class="{name}" cx="{a:.1f}" cy="{b:.1f}" r="3" fill="{colour}"/>'
+                       for a, b in xy)
+        out += [f'<line x1="{RIGHT - 150}" y1="{ly - 4}" x2="{RIGHT - 126}" y2="{ly - 4}" '
+                f'stroke="{colour}" stroke-width="{width + 1}"/>',
+                _text(RIGHT - 120, ly, legend, "start", "legend")]
         ly += 16
     return "\n".join(out + ["</svg>\n"])

@@ -1,11 +1,9 @@
-# Shakespeare, nanoGPT's classic (1.1 MB), in 10 minutes on 2 CPU cores. prepare.py gives it a 1024-piece
-# vocabulary (1 MB is too little text for 4096):
+# Shakespeare, nanoGPT's classic (1.1 MB, a 1024-piece vocabulary), in 10 minutes on 2 CPU cores:
 #     python prepare.py --dataset=tinyshakespeare
 #     python train.py config/tinyshakespeare.py
-# ~420k train tokens. On 2 cores of a Zen 3 the budget is ~1,400 iterations (7 epochs), where dropout 0.1 and none
-# end alike and 0.2 worse; where it reaches ~3,300 (16 epochs: a faster machine, a longer budget) the model
-# overfits: --dropout=0.2 paid there. A 2-minute look: --max_minutes=2.
-# Measured: README, "Quality per minute".
+# ~420k train tokens: the budget trains ~6-8 epochs on 2 cores, where dropout 0.1 is about right;
+# a faster machine or a longer budget fits more epochs, and then --dropout=0.2 pays. A 2-minute
+# look: --max_minutes=2. What to expect, and the levers measured: docs/quality.md.
 dataset = "tinyshakespeare"
 out_dir = "out-shakespeare"
 dim = 192

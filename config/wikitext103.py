@@ -1,7 +1,7 @@
-# WikiText-103 (540 MB of Wikipedia articles): a wider model with a longer context and a bigger vocabulary.
+# WikiText-103 (540 MB of Wikipedia articles): a wider model, a longer context, a bigger vocabulary.
 #     python prepare.py --dataset=wikitext103          # an 8192-piece vocabulary, its default
 #     python train.py config/wikitext103.py
-# ~120M train tokens; 20,000 iterations of 32 x 512 = 330M tokens, about 2.7 passes. A Mac job. See README.
+# ~120M train tokens; 20,000 iterations of 32 x 512 = 330M tokens, about 2.7 passes. A Mac job.
 dataset = "wikitext103"
 out_dir = "out-wikitext103"
 dim = 384

@@ -1,5 +1,4 @@
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -11,24 +10,27 @@ ROOT = Path(__file__).resolve().parent.parent
 # The scripts live at the top of the repo; tests import them as modules.
 sys.path.insert(0, str(ROOT))
 
-# model.py loads OpenBLAS before mlx.core, as every script does; importing it first makes that so for every test
-# module, whatever it imports first.
+# model.py loads OpenBLAS before mlx.core, as every script does; importing it first makes that so
+# for every test module, whatever it imports first.
 import model  # noqa: E402, F401
 
-WORDS = ("the cat sat on a mat while dogs ran far away from home and every bird sang loud songs of joy "
-         "under trees near rivers where fish swim fast").split()
+WORDS = ("the cat sat on a mat while dogs ran far away from home and every bird sang loud songs "
+         "of joy under trees near rivers where fish swim fast").split()
 
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
-    """data/tiny/ prepared once from 40 small documents (vocabulary 300); copy it with `workspace`."""
+    """data/tiny/ prepared once from 40 small documents (vocabulary 300); copy it with
+    `workspace`."""
     folder = tmp_path_factory.mktemp("tiny")
     (folder / "corpus").mkdir()
     for d in range(40):
         words = [WORDS[(d * 7 + i * i) % len(WORDS)] for i in range(300)]
-        (folder / "corpus" / f"doc{d}.txt").write_text(" ".join(words) + f"\n\n  indented line {d}\n")
-    subprocess.run([sys.executable, str(ROOT / "prepare.py"), "--input=corpus", "--dataset=tiny", "--vocab_size=300",
-                    "--val_fraction=0.1"], cwd=folder, check=True, capture_output=True, timeout=300)
+        (folder / "corpus" / f"doc{d}.txt").write_text(" ".join(words)
+                                                       + f"\n\n  indented line {d}\n")
+    subprocess.run([sys.executable, str(ROOT / "prepare.py"), "--input=corpus", "--dataset=tiny",
+                    "--vocab_size=300", "--val_fraction=0.1"],
+                   cwd=folder, check=True, capture_output=True, timeout=300)
     return folder / "data"
 
 

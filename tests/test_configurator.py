@@ -1,4 +1,5 @@
-"""Settings: --key=value and preset files override a script's globals, with types checked and typos refused."""
+"""Settings: --key=value and preset files override a script's globals, with types checked and typos
+refused."""
 import subprocess
 import sys
 from pathlib import Path
@@ -11,21 +12,27 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def defaults():
-    return {"batch_size": 16, "learning_rate": 1e-3, "compile": True, "out_dir": "out", "_private": 1,
-            "np": pytest}
+    return {"batch_size": 16, "learning_rate": 1e-3, "compile": True, "out_dir": "out",
+            "_private": 1, "np": pytest}
 
 
 def test_overrides_are_parsed_to_the_defaults_types():
     s = defaults()
-    result = configure(s, ["--batch_size=8", "--learning_rate=3e-4", "--compile=False", "--out_dir=runs/a=b"])
-    assert (s["batch_size"], s["learning_rate"], s["compile"], s["out_dir"]) == (8, 3e-4, False, "runs/a=b")
-    assert result == {"batch_size": 8, "learning_rate": 3e-4, "compile": False, "out_dir": "runs/a=b"}
-    configure(s, ["--learning_rate=1", "--compile=true"])  # an int is fine where a float is expected
-    assert s["learning_rate"] == 1.0 and isinstance(s["learning_rate"], float) and s["compile"] is True
+    result = configure(s, ["--batch_size=8", "--learning_rate=3e-4", "--compile=False",
+                           "--out_dir=runs/a=b"])
+    assert ((s["batch_size"], s["learning_rate"], s["compile"], s["out_dir"])
+            == (8, 3e-4, False, "runs/a=b"))
+    assert result == {"batch_size": 8, "learning_rate": 3e-4, "compile": False,
+                      "out_dir": "runs/a=b"}
+    # an int is fine where a float is expected
+    configure(s, ["--learning_rate=1", "--compile=true"])
+    assert (s["learning_rate"] == 1.0 and isinstance(s["learning_rate"], float)
+            and s["compile"] is True)
 
 
 @pytest.mark.parametrize("arg, message", [
-    ("--batch_sise=8", "unknown setting 'batch_sise'; valid settings: batch_size, compile, learning_rate, out_dir"),
+    ("--batch_sise=8",
+     "unknown setting 'batch_sise'; valid settings: batch_size, compile, learning_rate, out_dir"),
     ("--batch_size=8.5", "--batch_size expects int, got '8.5'"),
     ("--learning_rate=fast", "--learning_rate expects float, got 'fast'"),
     ("--compile=maybe", "--compile expects True or False, got 'maybe'"),
@@ -57,7 +64,8 @@ def test_preset_file_then_command_line(tmp_path):
 
 def test_scripts_refuse_unknown_settings_with_one_line_and_nonzero_exit():
     for script in ("train.py", "generate.py"):
-        r = subprocess.run([sys.executable, script, "--bogus=1"], cwd=ROOT, capture_output=True, text=True)
+        r = subprocess.run([sys.executable, script, "--bogus=1"], cwd=ROOT, capture_output=True,
+                           text=True)
         assert r.returncode != 0
         assert r.stderr.strip().startswith("error: unknown setting 'bogus'; valid settings:")
         assert len(r.stderr.strip().splitlines()) == 1
@@ -67,11 +75,14 @@ def test_each_override_is_echoed_and_a_broken_preset_names_its_line(tmp_path, ca
     preset = tmp_path / "preset.py"
     preset.write_text("batch_size = 4\n")
     configure(defaults(), [str(preset), "--compile=False"])
-    assert capsys.readouterr().out.splitlines() == ["Overriding: batch_size = 4", "Overriding: compile = False"]
+    assert capsys.readouterr().out.splitlines() == ["Overriding: batch_size = 4",
+                                                    "Overriding: compile = False"]
     configure(defaults(), ["--batch_size=2"], echo=False)
     assert capsys.readouterr().out == ""
-    for text, message in [("batch_size = 4\nlearning_rate = (1e-3\n", "preset.py, line 2: '(' was never closed"),
-                          ("batch_size = 4\n\nbatch_size = 1 // 0\n", "preset.py, line 3: ZeroDivisionError")]:
+    for text, message in [("batch_size = 4\nlearning_rate = (1e-3\n",
+                           "preset.py, line 2: '(' was never closed"),
+                          ("batch_size = 4\n\nbatch_size = 1 // 0\n",
+                           "preset.py, line 3: ZeroDivisionError")]:
         preset.write_text(text)
         with pytest.raises(SystemExit) as e:
             configure(defaults(), [str(preset)])

@@ -1,4 +1,5 @@
-"""cpu.py, the CPU fast path: OpenBLAS from pip alone, and each stand-in equal to the MLX function it replaces."""
+"""cpu.py, the CPU fast path: OpenBLAS from pip alone, and each stand-in equal to the MLX function
+it replaces."""
 import subprocess
 import sys
 from pathlib import Path
@@ -14,41 +15,51 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.skipif(sys.platform != "linux", reason="OpenBLAS is loaded on Linux only")
 def test_matmuls_run_on_openblas_with_the_fortran_runtime_that_pip_installed():
-    # In a fresh process, as a script starts: the symbol MLX's matmul calls, as the dynamic linker resolves it
-    # process-wide, must be OpenBLAS's, and the Fortran runtime OpenBLAS links must be the copy of the one in the
-    # mlx[cpu] wheel, not a system libgfortran5 (CI's fresh machine has none: this is what makes pip alone enough).
+    # In a fresh process, as a script starts: the symbol MLX's matmul calls, as the dynamic linker
+    # resolves it process-wide, must be OpenBLAS's, and the Fortran runtime OpenBLAS links must be
+    # the copy of the one in the mlx[cpu] wheel, not a system libgfortran5 (CI's fresh machine has
+    # none: this is what makes pip alone enough).
     probe = """
 import ctypes, sys
 import cpu
 import mlx.core as mx
 assert cpu._openblas is not None, "OpenBLAS did not load"
 resolved = ctypes.cast(ctypes.CDLL(None).cblas_sgemm, ctypes.c_void_p).value
-assert resolved == ctypes.cast(cpu._openblas.cblas_sgemm, ctypes.c_void_p).value, "cblas_sgemm is not OpenBLAS's"
+assert resolved == ctypes.cast(cpu._openblas.cblas_sgemm, ctypes.c_void_p).value, \
+"cblas_sgemm is not OpenBLAS's"
 a = mx.random.normal((64, 64))
 assert mx.allclose(a @ mx.eye(64), a).item()
 maps = [line.split(None, 5)[-1].strip() for line in open("/proc/self/maps") if "gfortran" in line]
 assert not [m for m in maps if "mlx_cpu.libs" not in m and "(deleted)" not in m], maps
 print("ok")
 """
-    r = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok" and "warning" not in r.stderr, r.stderr
 
 
 def test_an_openblas_built_for_instructions_this_cpu_lacks_is_refused_not_run():
-    # cmeel-openblas 0.3.31's x86 wheel is built for AVX-512 only: on a Zen 3 its first matmul died of SIGILL.
+    # cmeel-openblas 0.3.31's x86 wheel is built for AVX-512 only: on a Zen 3 its first matmul died
+    # of SIGILL.
     avx2_cpu = "fpu sse sse2 avx fma avx2".split()
-    assert cpu.missing_instruction("OpenBLAS 0.3.31 NO_AFFINITY SKYLAKEX MAX_THREADS=64", avx2_cpu) == "avx512f"
-    assert cpu.missing_instruction("OpenBLAS 0.3.29 NO_AFFINITY ZEN MAX_THREADS=4", avx2_cpu) is None
-    assert cpu.missing_instruction("OpenBLAS 0.3.29 NO_AFFINITY ZEN MAX_THREADS=4", ["sse2", "avx"]) == "avx2"
-    assert cpu.missing_instruction("OpenBLAS 0.3.31 DYNAMIC_ARCH NO_AFFINITY Haswell", ["sse2"]) is None
+    assert cpu.missing_instruction("OpenBLAS 0.3.31 NO_AFFINITY SKYLAKEX MAX_THREADS=64",
+                                   avx2_cpu) == "avx512f"
+    assert cpu.missing_instruction("OpenBLAS 0.3.29 NO_AFFINITY ZEN MAX_THREADS=4",
+                                   avx2_cpu) is None
+    assert cpu.missing_instruction("OpenBLAS 0.3.29 NO_AFFINITY ZEN MAX_THREADS=4",
+                                   ["sse2", "avx"]) == "avx2"
+    assert cpu.missing_instruction("OpenBLAS 0.3.31 DYNAMIC_ARCH NO_AFFINITY Haswell",
+                                   ["sse2"]) is None
     if cpu._openblas is not None:  # the one pip installed runs here, so the check passes it
-        assert cpu.missing_instruction(cpu._openblas_config(cpu._openblas), cpu._cpu_flags()) is None
+        assert cpu.missing_instruction(cpu._openblas_config(cpu._openblas),
+                                       cpu._cpu_flags()) is None
 
 
 @pytest.mark.parametrize("L, S", [(200, 200), (130, 150), (65, 65), (7, 7), (3, 9)])
 def test_cpu_attention_equals_mlx_causal_attention_and_its_gradients(L, S):
     q = mx.random.normal((2, 4, L, 16), key=mx.random.key(0))
-    k, v = mx.random.normal((2, 2, S, 16), key=mx.random.key(1)), mx.random.normal((2, 2, S, 16), key=mx.random.key(2))
+    k, v = (mx.random.normal((2, 2, S, 16), key=mx.random.key(1)),
+            mx.random.normal((2, 2, S, 16), key=mx.random.key(2)))
     w = mx.random.normal((2, 4, L, 16), key=mx.random.key(3))  # a random cotangent
     def plain(q, k, v):
         return (mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask="causal") * w).sum()
@@ -60,19 +71,23 @@ def test_cpu_attention_equals_mlx_causal_attention_and_its_gradients(L, S):
                         mx.value_and_grad(plain, argnums=(0, 1, 2))(q, k, v)[1]):
             assert mx.allclose(a, b, atol=1e-5)
         assert mx.allclose(cpu.attention(q, k, v, scale=0.25, mask="causal"),
-                           mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask="causal"), atol=1e-5)
+                           mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask="causal"),
+                           atol=1e-5)
 
 
 def test_cpu_softmax_silu_and_loss_equal_mlx_ones_with_gradients():
     x = 8 * mx.random.normal((3, 5, 50), key=mx.random.key(0))
-    x = mx.concatenate([x[..., :-2], mx.full((3, 5, 2), 100.0) * mx.array([-1.0, 1.0])], axis=-1)  # e^100 overflows
+    x = mx.concatenate([x[..., :-2], mx.full((3, 5, 2), 100.0) * mx.array([-1.0, 1.0])],
+                       axis=-1)  # e^100 overflows
     y = mx.random.randint(0, 50, (3, 5), key=mx.random.key(1))
     w = mx.random.normal((3, 5, 50), key=mx.random.key(2))
     v = mx.random.normal((3, 5), key=mx.random.key(3))
     pairs = [(lambda x: (cpu.softmax(x) * w).sum(), lambda x: (mx.softmax(x, axis=-1) * w).sum()),
              (lambda x: (cpu.silu(x) * w).sum(), lambda x: (nn.silu(x) * w).sum()),
-             (lambda x: (cpu.cross_entropy(x, y) * v).sum(), lambda x: (nn.losses.cross_entropy(x, y) * v).sum())]
+             (lambda x: (cpu.cross_entropy(x, y) * v).sum(),
+              lambda x: (nn.losses.cross_entropy(x, y) * v).sum())]
     with mx.stream(mx.cpu):
         for ours, mlx in pairs:
             (a, da), (b, db) = mx.value_and_grad(ours)(x), mx.value_and_grad(mlx)(x)
-            assert mx.allclose(a, b, rtol=1e-5, atol=1e-5) and mx.allclose(da, db, rtol=1e-4, atol=1e-6)
+            assert (mx.allclose(a, b, rtol=1e-5, atol=1e-5)
+                    and mx.allclose(da, db, rtol=1e-4, atol=1e-6))

@@ -1,9 +1,10 @@
-"""The model's defining properties, on tiny configs: causality, KV cache = full forward, GQA, RoPE, learning."""
+"""The model's defining properties, on tiny configs: causality, KV cache = full forward, GQA, RoPE,
+learning."""
 import json
 
 import pytest
 
-from model import KVCache, Model, ModelArgs, load_model  # before mlx.core, as in the scripts
+from model import Model, ModelArgs, load_model  # before mlx.core, as in the scripts
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
@@ -41,7 +42,8 @@ def test_kv_cache_gives_the_full_forward_logits(kw):
     x = tokens((2, 24), seed=1)
     full = model(x)
     cache = model.make_cache(batch_size=2)
-    # a prompt, a second chunk after cached tokens (the causal mask must align), then one token at a time
+    # a prompt, a second chunk after cached tokens (the causal mask must align), then one token at a
+    # time
     parts = [model(x[:, :9], cache), model(x[:, 9:15], cache)]
     parts += [model(x[:, t:t + 1], cache) for t in range(15, 24)]
     assert cache[0].offset == 24
@@ -86,7 +88,8 @@ def test_a_tiny_model_overfits_one_batch():
     model = tiny()
     x = tokens((4, 17), seed=2)
     opt = optim.AdamW(learning_rate=1e-2)
-    loss_fn = lambda m: nn.losses.cross_entropy(m(x[:, :-1]), x[:, 1:], reduction="mean")  # noqa: E731
+    def loss_fn(m):
+        return nn.losses.cross_entropy(m(x[:, :-1]), x[:, 1:], reduction="mean")
     grad_fn = nn.value_and_grad(model, loss_fn)
     first = None
     for _ in range(150):
@@ -120,6 +123,8 @@ def test_load_model_errors_name_the_problem(tmp_path):
 def test_flops_per_token_counts_every_matmul_weight_six_times():
     model = tiny()
     a = model.args
-    matmul_weights = a.n_layers * (4 * a.dim * a.dim + 3 * a.dim * a.hidden_dim) + a.vocab_size * a.dim
+    matmul_weights = (a.n_layers * (4 * a.dim * a.dim + 3 * a.dim * a.hidden_dim)
+                      + a.vocab_size * a.dim)
     attention = 12 * a.n_layers * a.dim * a.max_seq_len
-    assert model.flops_per_token(a.max_seq_len) == pytest.approx(6 * matmul_weights + attention, rel=0.01)
+    assert model.flops_per_token(a.max_seq_len) == pytest.approx(6 * matmul_weights + attention,
+                                                                 rel=0.01)

@@ -1,4 +1,5 @@
-"""plot.py: the loss chart train.py writes as out_dir/loss.svg, read back as the XML a browser draws."""
+"""plot.py: the loss chart train.py writes as out_dir/loss.svg, read back as the XML a browser
+draws."""
 import math
 import xml.etree.ElementTree as ET
 
@@ -8,21 +9,24 @@ NS = "{http://www.w3.org/2000/svg}"
 
 
 def run_log(n_iters=500, eval_interval=100):
-    """log.jsonl of a run whose loss falls from 8 to 3.6, noisy per iteration; val loss rises at the last eval."""
+    """log.jsonl of a run whose loss falls from 8 to 3.6, noisy per iteration; val loss rises at the
+    last eval."""
     records = []
     for it in range(1, n_iters + 1):
         loss = 3.6 + 4.4 * math.exp(-it / 80)
-        records.append({"iter": it, "loss": loss + 0.05 * (-1) ** it, "lr": 1e-3, "tokens_per_sec": 1e4})
+        records.append({"iter": it, "loss": loss + 0.05 * (-1) ** it, "lr": 1e-3,
+                        "tokens_per_sec": 1e4})
         if it % eval_interval == 0:
             val = loss + 0.1 + (0.3 if it == n_iters else 0)
-            records.append({"iter": it, "train_loss": loss, "val_loss": val, "val_ppl": math.exp(val),
-                            "val_bpb": val / math.log(2) * 0.3})
+            records.append({"iter": it, "train_loss": loss, "val_loss": val,
+                            "val_ppl": math.exp(val), "val_bpb": val / math.log(2) * 0.3})
     return records
 
 
 def parse(svg):
     root = ET.fromstring(svg)  # raises on anything a browser would refuse as XML
-    assert root.tag == NS + "svg"  # the xmlns attribute: without it a browser shows the file as text
+    # the xmlns attribute: without it a browser shows the file as text
+    assert root.tag == NS + "svg"
     return root
 
 
@@ -55,11 +59,13 @@ def test_eval_curves_have_a_point_per_eval_left_to_right_and_higher_loss_higher_
     for pts in train, val:
         xs = [x for x, _ in pts]
         gaps = [b - a for a, b in zip(xs, xs[1:])]
-        assert all(g > 0 for g in gaps) and max(gaps) - min(gaps) < 0.5  # evals 100 iterations apart
+        # evals 100 iterations apart
+        assert all(g > 0 for g in gaps) and max(gaps) - min(gaps) < 0.5
     x_of = {label: x for x, label in labels_by(root, "x-tick", "x").items()}
     for r, (x, _) in zip(evals, val):  # each eval stands over its iteration's label
         assert abs(x_of[str(r["iter"])] - x) < 0.2
-    # Across both curves, so they share one scale; the val loss rises at the end, so sorting is not enough.
+    # Across both curves, so they share one scale; the val loss rises at the end, so sorting is not
+    # enough.
     assert_higher_loss_higher_up([r["train_loss"] for r in evals] + [r["val_loss"] for r in evals],
                                  [y for _, y in train + val])
 
@@ -84,12 +90,13 @@ def test_a_long_run_is_thinned_to_a_small_file():
 def test_axis_titles_legend_and_title_line():
     records = run_log()
     found = texts(parse(loss_svg(records, 16384, title="tinyshakespeare")))
-    for label in "iteration", "tokens", "loss (nats/token)", "val bits/byte", "train loss", "eval train loss", \
-            "eval val loss":
+    for label in "iteration", "tokens", "loss (nats/token)", "val bits/byte", "train loss", \
+            "eval train loss", "eval val loss":
         assert label in found
     last = records[-1]
     (title,) = texts(parse(loss_svg(records, 16384, title="tinyshakespeare")), "title")
-    assert "tinyshakespeare" in title and f"{last['val_loss']:.3f}" in title and f"{last['val_bpb']:.3f}" in title
+    assert ("tinyshakespeare" in title and f"{last['val_loss']:.3f}" in title
+            and f"{last['val_bpb']:.3f}" in title)
 
 
 def test_loss_ticks_are_round_cover_the_data_and_match_the_curves():
@@ -100,10 +107,12 @@ def test_loss_ticks_are_round_cover_the_data_and_match_the_curves():
     values = sorted(ticks.values())
     step = values[1] - values[0]
     assert 4 <= len(values) <= 12 and step / 10 ** math.floor(math.log10(step)) in (1, 2, 5)
-    assert all(abs(v / step - round(v / step)) < 1e-9 for v in values) and max(map(len, labels.values())) <= 4
+    assert (all(abs(v / step - round(v / step)) < 1e-9 for v in values)
+            and max(map(len, labels.values())) <= 4)
     losses = [r.get("loss", r.get("val_loss")) for r in records]
     assert values[0] <= min(losses) and values[-1] >= max(losses)
-    # A point drawn for loss L lies where the tick labels say L is (labels sit a few pixels below their line).
+    # A point drawn for loss L lies where the tick labels say L is (labels sit a few pixels below
+    # their line).
     (y_lo, v_lo), (y_hi, v_hi) = min(ticks.items()), max(ticks.items())
     for r, (_, y) in zip([r for r in records if "val_loss" in r], points(root, "eval-val")):
         assert abs(y_lo + (r["val_loss"] - v_lo) / (v_hi - v_lo) * (y_hi - y_lo) - y) < 6
@@ -112,9 +121,10 @@ def test_loss_ticks_are_round_cover_the_data_and_match_the_curves():
 def test_token_labels_are_iterations_times_tokens_per_iter():
     root = parse(loss_svg(run_log(), 3400))
     iters, tokens = labels_by(root, "x-tick", "x"), labels_by(root, "token-tick", "x")
-    assert iters.keys() == tokens.keys()  # one scale: each token label stands under its iteration label
-    assert {iters[x]: tokens[x] for x in iters} == {"0": "0", "100": "340k", "200": "680k", "300": "1.02M",
-                                                    "400": "1.36M", "500": "1.7M"}
+    # one scale: each token label stands under its iteration label
+    assert iters.keys() == tokens.keys()
+    assert {iters[x]: tokens[x] for x in iters} == {"0": "0", "100": "340k", "200": "680k",
+                                                    "300": "1.02M", "400": "1.36M", "500": "1.7M"}
 
 
 def test_right_axis_labels_are_the_bpb_of_the_loss_ticks():
@@ -134,7 +144,8 @@ def test_no_right_axis_before_the_first_eval():
 
 
 def test_no_data_yet():
-    for records in [], [{"iter": 1, "loss": math.nan}], [{"iter": 1}, {"lr": 1e-3}, {"iter": "?", "loss": 3}]:
+    for records in [], [{"iter": 1, "loss": math.nan}], \
+            [{"iter": 1}, {"lr": 1e-3}, {"iter": "?", "loss": 3}]:
         root = parse(loss_svg(records, 16384, title="run"))
         assert "no data yet" in texts(root)
         assert not list(root.iter(NS + "polyline"))
@@ -145,7 +156,8 @@ def test_a_single_record_is_drawn_as_a_point():
             ({"iter": 0, "train_loss": 9.0, "val_loss": 9.1, "val_bpb": 3.5}, "eval-val"):
         root = parse(loss_svg([record], 16384))
         assert len(points(root, name)) == 1
-        assert [c for c in root.iter(NS + "circle") if c.get("class") == name]  # a lone point draws no line
+        # a lone point draws no line
+        assert [c for c in root.iter(NS + "circle") if c.get("class") == name]
         assert len(set(texts(root, "y-tick"))) >= 2
         assert all(float(s).is_integer() for s in texts(root, "x-tick"))  # no iteration 0.2
 
@@ -164,7 +176,8 @@ def test_nan_and_inf_are_skipped():
     bad = [math.nan, math.inf, -math.inf]
     for i, v in zip((10, 20, 30), bad):
         records[i]["loss"] = v
-    records.insert(150, {"iter": 150, "train_loss": math.nan, "val_loss": math.inf, "val_bpb": math.nan})
+    records.insert(150, {"iter": 150, "train_loss": math.nan, "val_loss": math.inf,
+                         "val_bpb": math.nan})
     svg = loss_svg(records, 16384)
     root = parse(svg)
     assert len(points(root, "train-loss")) == 500 - 3
@@ -173,17 +186,23 @@ def test_nan_and_inf_are_skipped():
 
 
 def test_huge_range_and_odd_values_never_raise():
-    for records in ([{"iter": 1, "loss": 1e6}, {"iter": 2, "loss": 3.0}], [{"iter": 1, "loss": 1e-310}],
-                    [{"iter": 10**9, "loss": -2.0}, {"iter": 0, "loss": 1e200}], [{"iter": 1, "loss": 1e308}],
-                    [{"iter": 5, "train_loss": 3.0, "val_loss": 0.0, "val_bpb": 1.0}], ["junk", None, {}]):
+    for records in ([{"iter": 1, "loss": 1e6}, {"iter": 2, "loss": 3.0}],
+                    [{"iter": 1, "loss": 1e-310}],
+                    [{"iter": 10**9, "loss": -2.0}, {"iter": 0, "loss": 1e200}],
+                    [{"iter": 1, "loss": 1e308}],
+                    [{"iter": 5, "train_loss": 3.0, "val_loss": 0.0, "val_bpb": 1.0}],
+                    ["junk", None, {}]):
         parse(loss_svg(records, 16384))
-    root = parse(loss_svg([{"iter": 1, "loss": 1e4}] + [{"iter": it, "loss": 3.5} for it in range(2, 50)], 0))
+    root = parse(loss_svg([{"iter": 1, "loss": 1e4}]
+                          + [{"iter": it, "loss": 3.5} for it in range(2, 50)], 0))
     assert "tokens" not in texts(root) and max(float(s) for s in texts(root, "y-tick")) >= 1e4
 
 
 def test_standalone_svg_1_1_with_plain_elements_only():
     svg = loss_svg(run_log(), 16384, title='a <b> & "c"')
     root = parse(svg)
-    assert root.get("version") == "1.1" and root.get("width") == "800" and root.get("height") == "450"
-    assert {e.tag[len(NS):] for e in root.iter()} <= {"svg", "rect", "line", "polyline", "text", "circle"}
+    assert (root.get("version") == "1.1" and root.get("width") == "800"
+            and root.get("height") == "450")
+    assert {e.tag[len(NS):] for e in root.iter()} <= {"svg", "rect", "line", "polyline", "text",
+                                                      "circle"}
     assert 'a <b> & "c"' in texts(root, "title")[0] and "href" not in svg

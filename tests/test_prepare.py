@@ -1,6 +1,8 @@
-"""prepare.py (and corpus.py, files.py): token files, tokenizer, document split, inputs and their errors.
+"""prepare.py (and corpus.py, files.py): token files, tokenizer, document split, inputs and their
+errors.
 
-Offline and fast: tiny corpora, and prepare.py run in this process (runpy) unless a test needs its command line."""
+Offline and fast: tiny corpora, and prepare.py run in this process (runpy) unless a test needs its
+command line."""
 import hashlib
 import http.server
 import io
@@ -22,10 +24,12 @@ sys.path.insert(0, ROOT)
 import corpus  # noqa: E402
 import files  # noqa: E402
 
-WORDS = ("the a to of and in is it you that he was for on are with as I his they be at one have this from or had by "
-         "word but what some we can out other were all there when up use your how said an each she which do their "
-         "def return self if else elif for while import class None True False print len range").split()
-TRICKY = "def f(x):\n\tif x:\n        return  x   # two  spaces\n\n\n  café ünïcode 日本語 😀 🦙\r\nend \n"
+WORDS = ("the a to of and in is it you that he was for on are with as I his they be at one have "
+         "this from or had by word but what some we can out other were all there when up use your "
+         "how said an each she which do their def return self if else elif for while import class "
+         "None True False print len range").split()
+TRICKY = ("def f(x):\n\tif x:\n        return  x   # two  spaces\n\n\n  café ünïcode 日本語 😀 🦙"
+          "\r\nend \n")
 
 
 def make_docs(n, seed=0, lines=(3, 12)):
@@ -49,7 +53,8 @@ def write_corpus(folder, docs, ext=".txt"):
 
 
 def prepare(*args):
-    """python prepare.py ARGS, in this process: the same script, without a new interpreter's start-up."""
+    """python prepare.py ARGS, in this process: the same script, without a new interpreter's
+    start-up."""
     argv = sys.argv
     sys.argv = [os.path.join(ROOT, "prepare.py"), *args]
     try:
@@ -92,7 +97,8 @@ def documents_of(out, split):
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """A 400-piece tokenizer trained on the tiny corpus, and its path."""
-    model = corpus.train_tokenizer((line for doc in make_docs(200) for line in doc.split("\n")), 400)
+    model = corpus.train_tokenizer((line for doc in make_docs(200) for line in doc.split("\n")),
+                                   400)
     path = tmp_path_factory.mktemp("tok") / "tiny.model"
     path.write_bytes(model)
     return model, str(path)
@@ -109,15 +115,18 @@ def test_token_file_round_trip(tmp_path, vocab_size, itemsize):
     assert files.write_tokens(path, chunks, vocab_size, 12345, sha) == 1042
     tokens, info = files.read_tokens(path)
     assert np.array_equal(tokens, np.concatenate(chunks))
-    assert info == dict(vocab_size=vocab_size, n_tokens=1042, n_bytes=12345, tokenizer_sha256=sha, itemsize=itemsize)
+    assert info == dict(vocab_size=vocab_size, n_tokens=1042, n_bytes=12345, tokenizer_sha256=sha,
+                        itemsize=itemsize)
     assert os.path.getsize(path) == files.HEADER_SIZE + 1042 * itemsize
-    assert np.array_equal(np.memmap(path, tokens.dtype, mode="r", offset=files.HEADER_SIZE, shape=(1042,)), tokens)
+    assert np.array_equal(np.memmap(path, tokens.dtype, mode="r", offset=files.HEADER_SIZE,
+                                    shape=(1042,)), tokens)
     assert os.listdir(tmp_path) == ["x.bin"]
 
 
 def test_token_file_streamed_byte_counts_and_empty(tmp_path):
     sha = "ab" * 32
-    n = files.write_tokens(str(tmp_path / "a.bin"), ((np.arange(3), 10), (np.arange(2), 7)), 10, None, sha)
+    n = files.write_tokens(str(tmp_path / "a.bin"), ((np.arange(3), 10), (np.arange(2), 7)), 10,
+                           None, sha)
     tokens, info = files.read_tokens(str(tmp_path / "a.bin"))
     assert n == 5 and info["n_bytes"] == 17 and tokens.tolist() == [0, 1, 2, 0, 1]
     files.write_tokens(str(tmp_path / "e.bin"), [], 10, 0, sha)
@@ -131,7 +140,8 @@ def test_token_file_crash_leaves_nothing(tmp_path):
         raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
         files.write_tokens(str(tmp_path / "x.bin"), chunks(), 100, 0, "00" * 32)
-    with pytest.raises(ValueError):  # an id the vocabulary does not have is a bug upstream, not a token
+    # an id the vocabulary does not have is a bug upstream, not a token
+    with pytest.raises(ValueError):
         files.write_tokens(str(tmp_path / "x.bin"), [np.array([5, 100])], 100, 0, "00" * 32)
     assert os.listdir(tmp_path) == []
 
@@ -152,8 +162,8 @@ def test_read_tokens_refuses_bad_files(tmp_path):
     assert files.read_tokens(str(good), str(tok))[1]["n_tokens"] == 100
     data = good.read_bytes()
 
-    assert "not found" in read_error(tmp_path / "val.bin") and f"--dataset={tmp_path.name}" in read_error(
-        tmp_path / "val.bin")
+    assert ("not found" in read_error(tmp_path / "val.bin")
+            and f"--dataset={tmp_path.name}" in read_error(tmp_path / "val.bin"))
     (tmp_path / "foreign.bin").write_bytes(b"\x93NUMPY" + bytes(300))
     assert "not a token file" in read_error(tmp_path / "foreign.bin")
     (tmp_path / "short.bin").write_bytes(data[:20])
@@ -171,13 +181,16 @@ def test_read_tokens_refuses_bad_files(tmp_path):
 
 def test_tokenizer_is_lossless(tiny_model):
     sp = spm.SentencePieceProcessor(model_proto=tiny_model[0])
-    assert (sp.unk_id(), sp.bos_id(), sp.eos_id(), sp.pad_id(), sp.get_piece_size()) == (0, 1, 2, -1, 400)
-    for text in [TRICKY, " leading space", "   ", "\n\n", "\t\ttabs\t", "trailing  ", "x" * 10000, ""]:
+    assert ((sp.unk_id(), sp.bos_id(), sp.eos_id(), sp.pad_id(), sp.get_piece_size())
+            == (0, 1, 2, -1, 400))
+    for text in [TRICKY, " leading space", "   ", "\n\n", "\t\ttabs\t", "trailing  ", "x" * 10000,
+                 ""]:
         assert sp.decode(sp.encode(text)) == text
 
 
 def test_tokenize_cuts_documents_exactly(tiny_model):
-    """Long documents are encoded in pieces cut after newlines: same tokens as encoding each whole."""
+    """Long documents are encoded in pieces cut after newlines: same tokens as encoding each
+    whole."""
     sp = spm.SentencePieceProcessor(model_proto=tiny_model[0])
     assert corpus.segment_chars(sp) == 2048
     docs = make_docs(30, seed=1, lines=(50, 400)) + [TRICKY * 300]
@@ -190,11 +203,12 @@ def test_tokenize_cuts_documents_exactly(tiny_model):
 
 
 def test_reused_tokenizer_with_dummy_prefix_encodes_whole_documents(tmp_path):
-    model = spm.SentencePieceTrainer  # a Llama-like model: dummy prefix on, so cutting would add spaces
+    # a Llama-like model: dummy prefix on, so cutting would add spaces
+    model = spm.SentencePieceTrainer
     path = tmp_path / "llama_like"
-    model.train(sentence_iterator=iter(make_docs(100)), model_prefix=str(path), vocab_size=300, model_type="bpe",
-                byte_fallback=True, add_dummy_prefix=True, normalization_rule_name="identity",
-                remove_extra_whitespaces=False, minloglevel=2)
+    model.train(sentence_iterator=iter(make_docs(100)), model_prefix=str(path), vocab_size=300,
+                model_type="bpe", byte_fallback=True, add_dummy_prefix=True,
+                normalization_rule_name="identity", remove_extra_whitespaces=False, minloglevel=2)
     sp = spm.SentencePieceProcessor(model_file=str(path) + ".model")
     assert corpus.segment_chars(sp) is None
     docs = make_docs(5, lines=(300, 300))
@@ -209,11 +223,15 @@ def test_split_documents_is_even_deterministic_and_never_leaves_val_empty():
     docs = [f"doc {i}" for i in range(100)]
     splits = list(corpus.split_documents(iter(docs), 0.05))
     assert [t for _, t in splits] == docs
-    assert [t for s, t in splits if s == "val"] == ["doc 19", "doc 39", "doc 59", "doc 79", "doc 99"]
+    assert ([t for s, t in splits if s == "val"]
+            == ["doc 19", "doc 39", "doc 59", "doc 79", "doc 99"])
     assert splits == list(corpus.split_documents(iter(docs), 0.05))
-    assert list(corpus.split_documents(iter(["a", "b", "c"]), 0.05)) == [("train", "a"), ("train", "b"), ("val", "c")]
-    assert list(corpus.split_documents(iter(["a", " \n", "", "b"]), 0.05)) == [("train", "a"), ("val", "b")]
-    assert list(corpus.split_documents(iter(["0123456789"]), 0.2)) == [("train", "01234567"), ("val", "89")]
+    assert (list(corpus.split_documents(iter(["a", "b", "c"]), 0.05))
+            == [("train", "a"), ("train", "b"), ("val", "c")])
+    assert (list(corpus.split_documents(iter(["a", " \n", "", "b"]), 0.05))
+            == [("train", "a"), ("val", "b")])
+    assert (list(corpus.split_documents(iter(["0123456789"]), 0.2))
+            == [("train", "01234567"), ("val", "89")])
     assert list(corpus.split_documents(iter([]), 0.2)) == []
 
 
@@ -230,7 +248,8 @@ def test_prepare_input_folder_end_to_end(tmp_path):
     meta = json.loads((out / "meta.json").read_text())
     assert meta["vocab_size"] == 400 and meta["splits"]["val"]["docs"] == 6
     assert meta["tokenizer_sha256"] == files.sha256_file(str(out / "tokenizer.model"))
-    assert meta["splits"]["train"]["tokens"] == files.read_tokens(str(out / "train.bin"))[1]["n_tokens"]
+    assert (meta["splits"]["train"]["tokens"]
+            == files.read_tokens(str(out / "train.bin"))[1]["n_tokens"])
     assert meta["settings"]["input"] == str(corpus_dir)
     assert sorted(os.listdir(out)) == ["meta.json", "tokenizer.model", "train.bin", "val.bin"]
     first = (out / "train.bin").read_bytes()
@@ -246,26 +265,31 @@ def test_input_glob_and_jsonl(tmp_path):
         for doc in docs[12:]:
             f.write(json.dumps({"text": doc, "id": 1}) + "\n\n")
     assert list(corpus.input_documents([str(tmp_path / "rows.jsonl")])) == docs[12:]
-    assert list(corpus.input_documents(corpus.input_files(str(tmp_path / "a" / "*.md")))) == docs[:10]
+    assert (list(corpus.input_documents(corpus.input_files(str(tmp_path / "a" / "*.md"))))
+            == docs[:10])
     out = run(tmp_path, f"--input={tmp_path}/**/*.*", "--dataset=mixed")
     assert sorted(documents_of(out, "train") + documents_of(out, "val")) == sorted(docs)
 
 
 def test_reuse_tokenizer(tmp_path, tiny_model):
     corpus_dir = write_corpus(tmp_path / "c", make_docs(20, seed=5))
-    out = run(tmp_path, f"--input={corpus_dir}", "--dataset=reuse", f"--tokenizer={tiny_model[1]}", "--vocab_size=999")
+    out = run(tmp_path, f"--input={corpus_dir}", "--dataset=reuse", f"--tokenizer={tiny_model[1]}",
+              "--vocab_size=999")
     assert (out / "tokenizer.model").read_bytes() == tiny_model[0]
     assert json.loads((out / "meta.json").read_text())["vocab_size"] == 400
-    assert sorted(documents_of(out, "train") + documents_of(out, "val")) == sorted(make_docs(20, seed=5))
+    assert (sorted(documents_of(out, "train") + documents_of(out, "val"))
+            == sorted(make_docs(20, seed=5)))
 
 
 def test_command_line_end_to_end(tmp_path):
     corpus_dir = write_corpus(tmp_path / "c", make_docs(30))
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "prepare.py"), f"--input={corpus_dir}", "--dataset=cli",
-                        f"--data_dir={tmp_path}", "--vocab_size=300"], capture_output=True, text=True, cwd=tmp_path)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "prepare.py"), f"--input={corpus_dir}",
+                        "--dataset=cli", f"--data_dir={tmp_path}", "--vocab_size=300"],
+                       capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "MB/s" in r.stdout and "train: 29 docs" in r.stderr
-    tokens, info = files.read_tokens(str(tmp_path / "cli" / "val.bin"), str(tmp_path / "cli" / "tokenizer.model"))
+    tokens, info = files.read_tokens(str(tmp_path / "cli" / "val.bin"),
+                                     str(tmp_path / "cli" / "tokenizer.model"))
     assert info["vocab_size"] == 300 and tokens[0] == 1 and tokens[-1] == 2
 
 
@@ -277,7 +301,8 @@ def test_stdlib_corpus_is_the_library_without_its_tests():
     for name in names:
         parts = name.split(os.sep)
         assert not {"test", "tests", "idle_test", "site-packages", "__pycache__"} & set(parts), name
-        assert not parts[-1].startswith("test_") and name.endswith(".py") and name != "pydoc_data/topics.py"
+        assert (not parts[-1].startswith("test_") and name.endswith(".py")
+                and name != "pydoc_data/topics.py")
     docs = corpus.stdlib_documents(paths)
     assert "import" in next(docs)
     from pydoc_data.topics import topics
@@ -290,8 +315,10 @@ def test_too_small_a_vocabulary_names_the_smallest_that_works(tmp_path):
     corpus_dir = write_corpus(tmp_path / "c", make_docs(40) + [TRICKY])
     message = error_of([f"--input={corpus_dir}", "--dataset=v", "--vocab_size=1"], tmp_path)
     smallest = int(message.split("use --vocab_size=")[1].split()[0])
-    assert "--vocab_size=1 is too small" in message and smallest > 259  # 256 bytes and 3 specials at least
-    assert "too small" in error_of([f"--input={corpus_dir}", "--dataset=v", f"--vocab_size={smallest - 1}"], tmp_path)
+    # 256 bytes and 3 specials at least
+    assert "--vocab_size=1 is too small" in message and smallest > 259
+    assert "too small" in error_of([f"--input={corpus_dir}", "--dataset=v",
+                                    f"--vocab_size={smallest - 1}"], tmp_path)
     out = run(tmp_path, f"--input={corpus_dir}", "--dataset=v", f"--vocab_size={smallest}")
     assert json.loads((out / "meta.json").read_text())["vocab_size"] == smallest
 
@@ -315,8 +342,10 @@ def test_bad_input_exits_with_one_clear_line_and_writes_nothing(tmp_path, tiny_m
         "no such file": [f"--input={tmp_path}/missing", "--dataset=x"],
         "no .txt, .md or .jsonl": [f"--input={tmp_path / 'data'}", "--dataset=x"],
         "no text in": [f"--input={empty}", "--dataset=x"],
-        "--tokenizer=": [f"--input={corpus_dir}", "--dataset=x", f"--tokenizer={tmp_path}/missing.model"],
-        "not a SentencePiece model": [f"--input={corpus_dir}", "--dataset=x", f"--tokenizer={tmp_path}/junk.model"],
+        "--tokenizer=": [f"--input={corpus_dir}", "--dataset=x",
+                         f"--tokenizer={tmp_path}/missing.model"],
+        "not a SentencePiece model": [f"--input={corpus_dir}", "--dataset=x",
+                                      f"--tokenizer={tmp_path}/junk.model"],
         "too small": [f"--input={corpus_dir}", "--dataset=x", "--vocab_size=100"],
         "too small for this corpus": [f"--input={corpus_dir}", "--dataset=x", "--vocab_size=-3"],
         "too large": [f"--input={corpus_dir}", "--dataset=x", "--vocab_size=100000"],
@@ -326,7 +355,8 @@ def test_bad_input_exits_with_one_clear_line_and_writes_nothing(tmp_path, tiny_m
         "not UTF-8": [f"--input={tmp_path}/latin1.txt", "--dataset=x"],
         "between 0 and 1": [f"--input={corpus_dir}", "--dataset=x", "--val_fraction=1.5"],
         "--url does not apply": ["--url=http://example.com/x"],
-        "--train_url does not apply to tinyshakespeare": ["--dataset=tinyshakespeare", "--train_url=http://x/y"],
+        "--train_url does not apply to tinyshakespeare": ["--dataset=tinyshakespeare",
+                                                          "--train_url=http://x/y"],
     }
     (tmp_path / "data").mkdir()
     for expected, args in cases.items():
@@ -334,7 +364,7 @@ def test_bad_input_exits_with_one_clear_line_and_writes_nothing(tmp_path, tiny_m
     assert os.listdir(tmp_path / "data") == []
 
 
-# ----------------------------------------------------------------------------- downloads and named datasets
+# --------------------------------------------------------------------- downloads and named datasets
 
 class Server:
     """HTTP on 127.0.0.1 serving `files` {path: bytes}, with Range requests; records each request.
@@ -352,7 +382,8 @@ class Server:
                 data = server.files.get(self.path)
                 if data is None:
                     return self.send_error(404)
-                start = int(self.headers["Range"][6:].split("-")[0]) if self.headers.get("Range") else 0
+                start = (int(self.headers["Range"][6:].split("-")[0]) if self.headers.get("Range")
+                         else 0)
                 if start and server.ranges:
                     if start >= len(data):
                         self.send_response(416)
@@ -434,7 +465,8 @@ def test_download_errors_name_the_url_and_the_fix(server, tmp_path):
     server.files["/f.txt"] = b"a mirror serving something else\n" * 10
     path = str(tmp_path / "f.txt")
     message = download_error(server.url + "/f.txt", path, *known(data), "url")
-    assert "not the expected file (320 bytes; expected 14,000 bytes, sha256" in message and "--url=URL" in message
+    assert ("not the expected file (320 bytes; expected 14,000 bytes, sha256" in message
+            and "--url=URL" in message)
     server.files["/f.txt"] = data[:-1] + b"X"
     assert "sha256" in download_error(server.url + "/f.txt", path, *known(data), "url")
     assert os.listdir(tmp_path) == []  # the bad file is gone, not kept as if valid
@@ -452,12 +484,13 @@ def test_download_errors_name_the_url_and_the_fix(server, tmp_path):
 def test_wikitext_articles_start_only_at_titles():
     lines = [" \n", " = Valkyria Chronicles III = \n", " \n", " Senjō no Valkyria 3 is a game . \n",
              " = = Gameplay = = \n", " = = = Sub section = = = \n", " = 5 + 3 \n", " =2 = \n",
-             " Arsenal 3 = 1 Chelsea = \n", " = A = = \n", " \n", " = E = mc2 = \n", " \n", " Text . \n",
-             " = X = \n", " = Last = \n"]
+             " Arsenal 3 = 1 Chelsea = \n", " = A = = \n", " \n", " = E = mc2 = \n", " \n",
+             " Text . \n", " = X = \n", " = Last = \n"]
     articles = list(corpus.wikitext_articles(lines))
-    assert [a.splitlines()[0] for a in articles] == [" = Valkyria Chronicles III = ", " = E = mc2 = ", " = X = ",
-                                                     " = Last = "]
-    assert "".join(articles) == "".join(lines[1:])  # only the blank line in front of the first title is dropped
+    assert [a.splitlines()[0] for a in articles] == [" = Valkyria Chronicles III = ",
+                                                     " = E = mc2 = ", " = X = ", " = Last = "]
+    # only the blank line in front of the first title is dropped
+    assert "".join(articles) == "".join(lines[1:])
 
 
 def test_split_stories_across_reads():
@@ -470,7 +503,8 @@ def test_split_stories_across_reads():
 def test_tokenizer_learns_from_a_sample_of_a_larger_corpus(tmp_path, monkeypatch):
     seen = []
     train = corpus.train_tokenizer
-    monkeypatch.setattr(corpus, "train_tokenizer", lambda lines, v, n: train(seen.extend(lines) or seen, v, n))
+    monkeypatch.setattr(corpus, "train_tokenizer",
+                        lambda lines, v, n: train(seen.extend(lines) or seen, v, n))
     docs = make_docs(2000, lines=(5, 40))
     corpus_dir = write_corpus(tmp_path / "c", docs)
     out = run(tmp_path, f"--input={corpus_dir}", "--dataset=big", "--tokenizer_sample_bytes=60000")
@@ -479,10 +513,11 @@ def test_tokenizer_learns_from_a_sample_of_a_larger_corpus(tmp_path, monkeypatch
 
 
 def test_tinyshakespeare_from_a_mirror(server, tmp_path, monkeypatch):
-    text = "".join(f"CITIZEN {i}:\nSpeak, speak. Before we proceed any further, hear me {i}.\n\n" for i in range(400))
+    text = "".join(f"CITIZEN {i}:\nSpeak, speak. Before we proceed any further, hear me {i}.\n\n"
+                   for i in range(400))
     server.files["/input.txt"] = text.encode()
-    monkeypatch.setitem(corpus.DATASETS["tinyshakespeare"]["files"], "url", ("input.txt", "unused", *known(
-        text.encode())))
+    monkeypatch.setitem(corpus.DATASETS["tinyshakespeare"]["files"], "url",
+                        ("input.txt", "unused", *known(text.encode())))
     args = ["--dataset=tinyshakespeare", f"--url={server.url}/input.txt", "--vocab_size=300"]
     out = run(tmp_path, *args)
     cut = int(len(text) * 0.9)
@@ -493,21 +528,26 @@ def test_tinyshakespeare_from_a_mirror(server, tmp_path, monkeypatch):
 
 
 def test_tinystories_from_a_mirror(server, tmp_path):
-    stories = {split: [f"{split} story {i}: Tom saw a dog. The dog was big.\nThey played." for i in range(n)]
+    stories = {split: [f"{split} story {i}: Tom saw a dog. The dog was big.\nThey played."
+                       for i in range(n)]
                for split, n in (("train", 120), ("valid", 10))}
     for split, items in stories.items():
         server.files[f"/TinyStoriesV2-GPT4-{split}.txt"] = "\n<|endoftext|>\n".join(items).encode()
     out = run(tmp_path, "--dataset=tinystories", "--vocab_size=300",
               f"--train_url={server.url}/TinyStoriesV2-GPT4-train.txt",
               f"--val_url={server.url}/TinyStoriesV2-GPT4-valid.txt")
-    assert documents_of(out, "train") == stories["train"] and documents_of(out, "val") == stories["valid"]
-    assert sorted(os.listdir(out / "raw")) == ["TinyStoriesV2-GPT4-train.txt", "TinyStoriesV2-GPT4-valid.txt"]
+    assert (documents_of(out, "train") == stories["train"]
+            and documents_of(out, "val") == stories["valid"])
+    assert sorted(os.listdir(out / "raw")) == ["TinyStoriesV2-GPT4-train.txt",
+                                               "TinyStoriesV2-GPT4-valid.txt"]
 
 
 def test_wikitext103_from_a_mirror(server, tmp_path, monkeypatch):
     def article(title, n):
-        return f" \n = {title} = \n \n {title} is a thing . \n \n = = History = = \n \n It was {n} @-@ {n} . \n"
-    splits = {"train": [article(f"Train {i}", i) for i in range(40)], "valid": [article("Valid", 1)],
+        return (f" \n = {title} = \n \n {title} is a thing . \n \n = = History = = \n \n It was "
+                f"{n} @-@ {n} . \n")
+    splits = {"train": [article(f"Train {i}", i) for i in range(40)],
+              "valid": [article("Valid", 1)],
               "test": [article("Test", 2), article("Test two", 3)]}
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as z:
@@ -515,9 +555,10 @@ def test_wikitext103_from_a_mirror(server, tmp_path, monkeypatch):
             z.writestr(f"wikitext-103-raw/wiki.{split}.raw", "".join(articles))
     data = buffer.getvalue()
     server.files["/wikitext-103-raw-v1.zip"] = data
-    monkeypatch.setitem(corpus.DATASETS["wikitext103"]["files"], "url", ("wikitext-103-raw-v1.zip", "unused",
-                                                                          *known(data)))
-    out = run(tmp_path, "--dataset=wikitext103", "--vocab_size=300", f"--url={server.url}/wikitext-103-raw-v1.zip")
+    monkeypatch.setitem(corpus.DATASETS["wikitext103"]["files"], "url",
+                        ("wikitext-103-raw-v1.zip", "unused", *known(data)))
+    out = run(tmp_path, "--dataset=wikitext103", "--vocab_size=300",
+              f"--url={server.url}/wikitext-103-raw-v1.zip")
     for split, name in (("train", "train"), ("val", "valid"), ("test", "test")):
         articles = splits[name]  # each article runs from its title to the next title
         expected = [a[2:] + " \n" for a in articles[:-1]] + [articles[-1][2:]]

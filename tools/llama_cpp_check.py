@@ -1,11 +1,11 @@
 """
-Check that llama.cpp runs a checkpoint as we do: export it to GGUF, load that in llama.cpp (through the
-llama-cpp-python package, which builds llama.cpp from source: ~18 minutes on 2 cores, so it is not in
-requirements-dev.txt and this is not a pytest test), then compare tokenization, the logits of a prompt, and
-greedy decoding (temperature 0) against model.py.
+Check that llama.cpp runs a checkpoint as we do: export it to GGUF, load that in llama.cpp (through
+the llama-cpp-python package, which builds llama.cpp from source: ~18 minutes on 2 cores, so it is
+not in requirements-dev.txt and this is not a pytest test), then compare tokenization, the logits of
+a prompt, and greedy decoding (temperature 0) against model.py.
 
-Reads out_dir/ (a checkpoint folder); writes only a temporary GGUF file (or uses gguf_path if given).
-Exits 1 if anything differs.
+Reads out_dir/ (a checkpoint folder); writes only a temporary GGUF file (or uses gguf_path if
+given). Exits 1 if anything differs.
 
     CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python==0.3.36
     python tools/llama_cpp_check.py --out_dir=out --prompt="def fibonacci(n):" --max_new_tokens=30
@@ -15,15 +15,16 @@ import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from model import load_model  # noqa: E402  first: model.py loads cpu.py, before mlx.core
-import mlx.core as mx  # noqa: E402
-import numpy as np  # noqa: E402
-import sentencepiece as spm  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from model import load_model  # first: model.py loads cpu.py, before mlx.core
+import mlx.core as mx
+import numpy as np
+import sentencepiece as spm
 
-import files  # noqa: E402
-from configurator import configure  # noqa: E402
+import files
+from configurator import configure
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # -----------------------------------------------------------------------------
 out_dir = "out"  # the checkpoint folder
@@ -45,9 +46,11 @@ if not gguf_path:
                     f"--gguf_path={gguf_path}", f"--dtype={dtype}", "--hf_files=False"], check=True)
 model, _ = load_model(out_dir)
 sp = spm.SentencePieceProcessor(model_file=os.path.join(out_dir, "tokenizer.model"))
-# keys and values cached in float32 (llama.cpp's default is float16), so the logits can agree to float32 rounding
-llm = llama_cpp.Llama(model_path=gguf_path, n_ctx=model.args.max_seq_len, logits_all=True, n_threads=2, seed=0,
-                      type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32, verbose=False)
+# keys and values cached in float32 (llama.cpp's default is float16), so the logits can agree to
+# float32 rounding
+llm = llama_cpp.Llama(model_path=gguf_path, n_ctx=model.args.max_seq_len, logits_all=True,
+                      n_threads=2, seed=0, type_k=llama_cpp.GGML_TYPE_F32,
+                      type_v=llama_cpp.GGML_TYPE_F32, verbose=False)
 dummy_prefix = files.adds_dummy_prefix(sp)
 failures = []
 
@@ -56,11 +59,12 @@ texts = [prompt, "def f(x):\n    return x + 1\n", "  two  spaces,\ttab\n\n\nnewl
          "émoji 😀, 中文 and ünïcödé", "1234567890"]
 for text in texts:
     ours, theirs = [sp.bos_id()] + sp.encode(text), llm.tokenize(text.encode("utf-8"), add_bos=True)
-    # llama-cpp-python drops the space after <s>, which is right for a tokenizer that adds one (Llama's dummy
-    # prefix) and wrong for prepare.py's, so for that one detokenize without the <s>
+    # llama-cpp-python drops the space after <s>, which is right for a tokenizer that adds one
+    # (Llama's dummy prefix) and wrong for prepare.py's, so for that one detokenize without the <s>
     back = llm.detokenize(theirs if dummy_prefix else theirs[1:]).decode("utf-8", errors="replace")
     ok = ours == theirs and back == text
-    print(f"tokenize {text!r}: {'same' if ok else f'DIFFERENT: ours {ours}, llama.cpp {theirs}, {back!r}'}")
+    print(f"tokenize {text!r}: "
+          f"{'same' if ok else f'DIFFERENT: ours {ours}, llama.cpp {theirs}, {back!r}'}")
     if not ok:
         failures.append(f"tokenization of {text!r}")
 
@@ -72,13 +76,14 @@ theirs = np.array(llm.scores[:len(ids)])
 ours = np.array(model(mx.array([ids]))[0])
 diff, scale = np.abs(theirs - ours).max(), np.abs(ours).max()
 tolerance = (1e-5 if dtype == "float32" else 3e-2) * max(1.0, scale)
-print(f"logits of {len(ids)} prompt tokens: max |difference| {diff:.2e} (largest logit {scale:.2f}, "
-      f"tolerance {tolerance:.1e})")
+print(f"logits of {len(ids)} prompt tokens: max |difference| {diff:.2e} "
+      f"(largest logit {scale:.2f}, tolerance {tolerance:.1e})")
 if diff > tolerance:
     failures.append("logits")
 
 # 3. greedy decoding: llama.cpp with its KV cache, ours with the full forward pass each step
-max_new_tokens = min(max_new_tokens, model.args.max_seq_len - len(ids))  # within the model's context
+# within the model's context
+max_new_tokens = min(max_new_tokens, model.args.max_seq_len - len(ids))
 ours = list(ids)
 for _ in range(max_new_tokens):
     ours.append(model(mx.array([ours]))[0, -1].argmax().item())
@@ -95,5 +100,6 @@ print(f"  text: {sp.decode(ours[len(ids):])!r}")
 if same < max_new_tokens:
     failures.append(f"greedy decoding (from new token {same})")
 
-print(f"llama.cpp {'DIFFERS in ' + ', '.join(failures) if failures else 'agrees'} ({gguf_path}, {dtype})")
+print(f"llama.cpp {'DIFFERS in ' + ', '.join(failures) if failures else 'agrees'} "
+      f"({gguf_path}, {dtype})")
 sys.exit(1 if failures else 0)
