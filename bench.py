@@ -25,6 +25,7 @@ import numpy as np
 
 # first: model.py loads cpu.py
 from model import Model, ModelArgs, cross_entropy, measure_peak_flops
+import cpu
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
@@ -43,7 +44,8 @@ if unknown := set(only.split(",")) - {"peak", "train", "split", "generate", "pre
     sys.exit(f"error: --only={only}: unknown {', '.join(sorted(unknown))}; "
              "pick from peak,train,split,generate,prepare")
 here = os.path.dirname(os.path.abspath(__file__))
-results = {"device": str(mx.default_device()), "mlx": mx.__version__}
+results = {"device": str(mx.default_device()), "mlx": mx.__version__, "cpu": cpu.cpu_model(),
+           "blas": cpu.blas(), "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE")}
 
 
 def timed(fn, repeat=5):
@@ -169,6 +171,7 @@ def bench_memory():
 
 def bench_generate(dim=256, n_layers=4, n_heads=8, vocab=4096, context=256, new=128):
     mx.random.seed(0)
+    cpu.set_blas_threads(1)  # as generate.py decodes
     model = Model(ModelArgs(dim=dim, n_layers=n_layers, n_heads=n_heads, vocab_size=vocab,
                             max_seq_len=context + new))
     mx.eval(model.parameters())
@@ -226,7 +229,9 @@ with open(out + ".tmp", "w") as f:
     json.dump(results, f, indent=2)
 os.replace(out + ".tmp", out)
 
-print(f"\n{results['device']}, mlx {results['mlx']}")
+print(f"\n{results['cpu']}, {results['device']}, mlx {results['mlx']}")
+print(f"BLAS: {results['blas']}" + (f" (OPENBLAS_CORETYPE={results['openblas_coretype']} chose "
+                                    f"the kernels)" if results["openblas_coretype"] else ""))
 if "peak_flops" in results:
     print(f"fp32 matmul peak: {results['peak_flops'] / 1e9:.0f} GFLOP/s")
 for r in results.get("train", []):

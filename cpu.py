@@ -9,7 +9,8 @@ exists (numbers in the README, "Speed"):
 
 - OpenBLAS: the Linux mlx[cpu] wheel links the reference BLAS, ~40x slower for fp32 matmuls.
   Loading OpenBLAS with RTLD_GLOBAL before mlx.core makes MLX's cblas_sgemm calls resolve to it.
-  This module must be imported before mlx.core for that; model.py imports it first.
+  This module must be imported before mlx.core for that; model.py imports it first. On x86-64 it
+  is a DYNAMIC_ARCH build, which runs the best kernels of the CPU it is on (AVX-512 or AVX2).
 - exp as 2^(x log2 e): MLX's CPU exp is about 3x slower than its pow, and the exps of softmax, SiLU
   and the loss were much of a step.
 - Chunked attention: MLX's CPU attention is not fused; it computes every score and then masks half
@@ -20,6 +21,7 @@ import ctypes
 import importlib.metadata
 import math
 import os
+import platform
 import queue
 import sys
 import tempfile
@@ -34,9 +36,17 @@ def _locate(dist, match):
         return None
 
 
+# The OpenBLAS builds that pip installs (requirements.txt), the one to load first: ngsolve-openblas
+# is DYNAMIC_ARCH, so it picks its kernels for the CPU it runs on, but has x86-64 wheels only;
+# cmeel-openblas has aarch64 wheels too, each built for one CPU family.
+OPENBLAS_BUILDS = [
+    ("ngsolve-openblas", lambda name: name.startswith("libopenblas") and ".so" in name),
+    ("cmeel-openblas", lambda name: name == "libopenblas.so.0")]
+
+
 def _load_openblas():
-    """cmeel-openblas's libopenblas with RTLD_GLOBAL (Linux only; macOS has Accelerate), or None
-    with a warning.
+    """The OpenBLAS that pip installed, loaded with RTLD_GLOBAL (Linux only; macOS has Accelerate),
+    or None with a warning.
 
     That OpenBLAS needs the Fortran runtime libgfortran.so.5, which a bare Linux lacks; the mlx[cpu]
     wheel ships one under a renamed file and soname (auditwheel's), which the loader does not match
@@ -49,9 +59,9 @@ def _load_openblas():
         print("warning: mlx.core was imported before cpu.py, so OpenBLAS cannot replace its slow "
               "reference BLAS; import model (or cpu) first", file=sys.stderr)
         return None
-    openblas = _locate("cmeel-openblas", lambda name: name == "libopenblas.so.0")
+    openblas = next(filter(None, (_locate(dist, match) for dist, match in OPENBLAS_BUILDS)), None)
     if openblas is None:
-        print("warning: cmeel-openblas is not installed, so matmuls will be ~40x slower; "
+        print("warning: no OpenBLAS is installed, so matmuls will be ~40x slower; "
               "pip install -r requirements.txt", file=sys.stderr)
         return None
     gfortran = _locate("mlx-cpu", lambda name: name.startswith("libgfortran-") and ".so" in name)
@@ -80,8 +90,8 @@ def _load_openblas():
     missing = missing_instruction(config, _cpu_flags())
     if missing:
         print(f"warning: this OpenBLAS ({config.split(' MAX')[0]}) needs {missing}, which this CPU "
-              "lacks, so matmuls will be ~40x slower; "
-              "pip install cmeel-openblas==0.3.29 (built for AVX2)", file=sys.stderr)
+              "lacks, so matmuls will be ~40x slower; pip install -r requirements.txt (its "
+              "OpenBLAS picks the kernels of the CPU it runs on)", file=sys.stderr)
         return None
     # now global: MLX's cblas_sgemm calls resolve to it
     return ctypes.CDLL(openblas, mode=ctypes.RTLD_GLOBAL)
@@ -105,6 +115,31 @@ def missing_instruction(config, cpu_flags):
 def _openblas_config(lib):
     lib.openblas_get_config.restype = ctypes.c_char_p
     return lib.openblas_get_config().decode()
+
+
+def blas():
+    """Which BLAS serves MLX's matmuls here, for bench.py and train.py to print: e.g. "OpenBLAS
+    0.3.33 DYNAMIC_ARCH, SkylakeX kernels, 2 threads"."""
+    if _openblas is None:
+        return "Accelerate" if sys.platform == "darwin" else "the reference BLAS (slow)"
+    _openblas.openblas_get_corename.restype = ctypes.c_char_p
+    words = _openblas_config(_openblas).split()
+    return (f"{' '.join(words[:2])}{' DYNAMIC_ARCH' * ('DYNAMIC_ARCH' in words)}, "
+            f"{_openblas.openblas_get_corename().decode()} kernels, "
+            f"{_openblas.openblas_get_num_threads()} threads")
+
+
+def cpu_model():
+    """The CPU, as /proc/cpuinfo names it (with its family and model, which tell AMD's Zen
+    generations apart), or macOS's sysctl."""
+    if sys.platform == "darwin":
+        return os.popen("sysctl -n machdep.cpu.brand_string").read().strip()
+    with open("/proc/cpuinfo") as f:  # the first CPU's lines, "key : value"
+        info = dict(map(str.strip, line.split(":", 1)) for line in f.read().split("\n\n")[0]
+                    .splitlines() if ":" in line)
+    name = info.get("model name", platform.machine())
+    return f"{name} (family {info.get('cpu family')}, model {info['model']})" if "model" in info \
+        else name
 
 
 def _cpu_flags():

@@ -15,6 +15,7 @@ import sys
 import time
 
 from model import load_model  # first: model.py loads cpu.py, which must come before mlx.core
+import cpu
 import mlx.core as mx
 import sentencepiece as spm
 
@@ -62,6 +63,7 @@ if not os.path.isfile(tokenizer_path):
 sp = spm.SentencePieceProcessor(model_file=tokenizer_path)
 max_seq_len = model.args.max_seq_len
 mx.random.seed(seed)
+cpu.set_blas_threads(1)  # decoding is matrix-vector work: faster on one OpenBLAS thread than two
 sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                 repetition_penalty=repetition_penalty, repetition_context=repetition_context)
 
