@@ -63,7 +63,7 @@ max_iters = 500
 max_minutes = 0.0  # >0: a wall-clock budget, which decides max_iters (iterations_that_fit)
 optimizer = "adamw"  # or "muon": Muon for the blocks' matrices, AdamW for the rest
 learning_rate = 2e-3  # AdamW's peak
-muon_learning_rate = 0.02  # Muon's peak, on learning_rate's schedule
+muon_learning_rate = 0.01  # Muon's peak, on learning_rate's schedule
 min_lr = 2e-4  # the schedule's floor; Muon's is min_lr / learning_rate of its peak
 lr_schedule = "wsd"  # warmup, constant, then linear to min_lr over cooldown_frac; or "cosine"
 cooldown_frac = 0.2  # wsd: the fraction of lr_decay_iters that decays
@@ -180,10 +180,11 @@ def adamw(wd):
     return optim.AdamW(learning_rate=learning_rate, betas=[beta1, beta2], weight_decay=wd)
 
 if optimizer == "muon":
-    # Muon orthogonalises the update of each matrix in the blocks; the embedding and output head
-    # are not hidden matrices, the norms' gains are vectors: AdamW keeps those, as Muon's do.
+    # Muon orthogonalises the update of each matrix in the blocks (the rest is AdamW's, as Muon's
+    # authors do). No weight decay: MLX's adds it to the gradient, and orthogonalised it would
+    # outweigh the small gradients of q and k (docs/quality.md).
     opt = optim.MultiOptimizer(
-        [optim.Muon(learning_rate=muon_learning_rate), adamw(weight_decay), adamw(0.0)],
+        [optim.Muon(muon_learning_rate, weight_decay=0.0), adamw(weight_decay), adamw(0.0)],
         [lambda path, p: path.startswith("model.layers.") and p.ndim == 2,
          lambda _, p: p.ndim >= 2])
 else:  # weight decay on the matrices, none on the norms' gains
@@ -244,8 +245,7 @@ flops_per_iter = model.flops_per_token(max_seq_len) * tokens_per_iter  # the gro
 peak = peak_flops or measure_peak_flops(compute_dtype)  # before worker threads split the cores
 peak = mx.distributed.all_sum(mx.array(peak), group=group).item()
 state = [model.state, opt.state]
-# outputs=state too: value_and_grad leaves traced copies of the parameters in the model, and
-# compile must hand back the real arrays in their place.
+# outputs=state too: compile must hand back real arrays for the traced ones value_and_grad leaves
 compiled = (lambda f: mx.compile(f, inputs=state, outputs=state)) if compile else (lambda f: f)
 if threads > 1:  # each batch split over worker threads, each with its own stream (cpu.py)
     workers = cpu.Workers(model, lambda: Model(args).set_training(dropout, grad_checkpoint),

@@ -337,6 +337,20 @@ def test_muon_resumes_exactly_and_splits_batches_like_one_thread(work):
     assert "states.1.model.embed_tokens.weight.m" in state and \
         "states.2.model.norm.weight.v" in state
     assert not [k for k in state if k.startswith("states.0.") and ("embed" in k or "norm" in k)]
+    # Muon's momentum after one step is the (clipped) gradient's alone, 0.05 g, where AdamW's first
+    # moment is 0.1 g of the same batch: no weight decay is folded into the gradient that Muon
+    # orthogonalises (MLX's default, 0.01 W, steered q's and k's updates almost wholly).
+    for optimizer in ("muon", "adamw"):
+        run("train.py", f"--out_dir={optimizer}_one_step", "--max_iters=1", "--eval_interval=1",
+            f"--optimizer={optimizer}", *TINY, "--dataset=tiny", cwd=work)
+    muon, adamw = (mx.load(str(work / f"{o}_one_step" / "optimizer.safetensors"))
+                   for o in ("muon", "adamw"))
+    matrices = [k[len("states.0."):-2] for k in muon if k.startswith("states.0.") and
+                k.endswith(".v")]
+    assert len(matrices) == 2 * 7  # q, k, v, o, gate, up, down in each of the 2 blocks
+    for name in matrices:
+        assert mx.allclose(muon[f"states.0.{name}.v"], 0.5 * adamw[f"states.0.{name}.m"],
+                           rtol=1e-4, atol=1e-9).item(), name
 
     split = ["--dataset=tiny", "--max_iters=3", "--eval_interval=3", "--optimizer=muon", *TINY]
     run("train.py", "--out_dir=muon_big", "--threads=1", *split, "--batch_size=8", cwd=work)
