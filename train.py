@@ -364,10 +364,9 @@ if master:
           f"{args.dim}, {args.n_heads} heads ({args.n_kv_heads} kv), vocab {args.vocab_size}, "
           f"{compute_dtype}, {mx.default_device()}" + (f", {threads} threads" * (threads > 1)))
     print(f"data: {data_path}: {len(train_data):,} train, {len(val_data):,} val tokens")
-    end = f"what fits in max_minutes={max_minutes:g}" if budget_open else max_iters
     print(f"global batch: {batch_size} x {gradient_accumulation_steps} accumulation x {world} "
           f"processes x {max_seq_len} tokens = {tokens_per_iter:,} tokens/iter; iterations "
-          f"{start_iter} -> {end}")
+          f"{start_iter} -> {max_iters}")
 
 t_last, it_last, it = time.perf_counter(), start_iter, start_iter
 while it < max_iters:
@@ -383,9 +382,8 @@ while it < max_iters:
     # The processes stop together, at the first iteration where any has seen a signal; else one
     # would evaluate while another trains, and hang.
     stop_now = all_mean(mx.array(float(stop_signal))).item() > 0 if world > 1 else stop_signal > 0
-    if budget_open and (fit := iterations_that_fit(done)):
-        max_iters = settings["max_iters"] = fit  # saved: a resumed run goes on to this count
-        budget_open = False
+    if budget_open and (fit := iterations_that_fit(done)):  # saved: a resume goes on to it
+        max_iters, settings["max_iters"], budget_open = fit, fit, False
         if master:
             folder.log({"iter": done, "max_iters": fit},
                        f"max_minutes={max_minutes:g}: {fit:,} iterations fit; training until then")
@@ -394,12 +392,11 @@ while it < max_iters:
         dt = (now - t_last) / (done - it_last)  # the first interval includes compiling the step
         t_last, it_last = now, done
         tps, mfu, mem = tokens_per_iter / dt, flops_per_iter / dt / peak, mx.get_peak_memory() / 1e9
-        left = "?" if budget_open else f"{(max_iters - done) * dt / 60:.1f}"
         folder.log({"iter": done, "loss": loss, "lr": lr, "grad_norm": grad_norm.item(),
                     "tokens_per_sec": tps, "mfu": mfu, "peak_mem_gb": mem},
-                   f"iter {done}/{'?' if budget_open else max_iters}: loss {loss:.4f}, lr "
-                   f"{lr:.2e}, {dt * 1000:.0f} ms/iter, {tps:,.0f} tok/s, mfu {mfu:.1%}, peak "
-                   f"mem {mem:.2f} GB, {left} min left")
+                   f"iter {done}/{max_iters}: loss {loss:.4f}, lr {lr:.2e}, {dt * 1000:.0f} "
+                   f"ms/iter, {tps:,.0f} tok/s, mfu {mfu:.1%}, peak mem {mem:.2f} GB, "
+                   f"{(max_iters - done) * dt / 60:.1f} min left")
     if done % eval_interval == 0 or done == max_iters or stop_now:
         eval_and_save(done)
         t_last, it_last = time.perf_counter(), done  # evaluation time is not training time
