@@ -462,9 +462,9 @@ def hf_tokenizer_files(tokenizer_model, model_max_length=None):
     if sp.eos_id() >= 0:
         special["eos_token"] = sp.id_to_piece(sp.eos_id())
     # PreTrainedTokenizerFast runs tokenizer.json exactly as written. transformers 5's
-    # LlamaTokenizer would rebuild the pipeline around the vocabulary and prepend "▁" only when the
-    # text does not already start with a space, so " x" would not encode as SentencePiece encodes
-    # it.
+    # LlamaTokenizer would rebuild the pipeline around the vocabulary and prepend "▁" only when
+    # the text does not already start with a space, so " x" would not encode as SentencePiece
+    # encodes it.
     config = {"tokenizer_class": "PreTrainedTokenizerFast", **special, "pad_token": None,
               "add_bos_token": True, "add_eos_token": False, "clean_up_tokenization_spaces": False,
               "split_special_tokens": True,  # "<s>" typed in the text is text, as in SentencePiece

@@ -23,11 +23,11 @@ from files import hf_tokenizer_files
 
 ROOT = Path(__file__).resolve().parent.parent
 # Text that SentencePiece keeps as is and other tokenizers might not: runs of spaces, tabs,
-# newlines, a leading space, characters the vocabulary lacks (byte fallback), the "▁" SentencePiece
-# reserves, special-token spellings.
+# newlines, a leading space, characters the vocabulary lacks (byte fallback), the "▁"
+# SentencePiece reserves, special-token spellings.
 TEXTS = ["def f(x):\n    return x + 1\n", "  two  spaces,\ttab\n\n\nnewlines ", " leading",
-         "trailing   ", "émoji 😀, 中文 and ünïcödé", "a▁b", "<s> is not </s> nor <unk>", "", " ",
-         "\n", "1234567890"]
+         "trailing   ", "émoji 😀, 中文 and ünïcödé", "a▁b",
+         "<s> is not </s> nor <unk>", "", " ", "\n", "1234567890"]
 # tied embeddings with grouped-query attention and settings off their defaults (a loader that drops
 # rope_theta or rms_norm_eps shows), and untied embeddings with plain multi-head attention
 CONFIGS = {

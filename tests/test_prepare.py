@@ -28,8 +28,8 @@ WORDS = ("the a to of and in is it you that he was for on are with as I his they
          "this from or had by word but what some we can out other were all there when up use your "
          "how said an each she which do their def return self if else elif for while import class "
          "None True False print len range").split()
-TRICKY = ("def f(x):\n\tif x:\n        return  x   # two  spaces\n\n\n  café ünïcode 日本語 😀 🦙"
-          "\r\nend \n")
+TRICKY = ("def f(x):\n\tif x:\n        return  x   # two  spaces\n\n\n"
+          "  café ünïcode 日本語 😀 🦙\r\nend \n")
 
 
 def make_docs(n, seed=0, lines=(3, 12)):
@@ -482,8 +482,9 @@ def test_download_errors_name_the_url_and_the_fix(server, tmp_path):
 
 
 def test_wikitext_articles_start_only_at_titles():
-    lines = [" \n", " = Valkyria Chronicles III = \n", " \n", " Senjō no Valkyria 3 is a game . \n",
-             " = = Gameplay = = \n", " = = = Sub section = = = \n", " = 5 + 3 \n", " =2 = \n",
+    lines = [" \n", " = Valkyria Chronicles III = \n", " \n",
+             " Senjō no Valkyria 3 is a game . \n", " = = Gameplay = = \n",
+             " = = = Sub section = = = \n", " = 5 + 3 \n", " =2 = \n",
              " Arsenal 3 = 1 Chelsea = \n", " = A = = \n", " \n", " = E = mc2 = \n", " \n",
              " Text . \n", " = X = \n", " = Last = \n"]
     articles = list(corpus.wikitext_articles(lines))
