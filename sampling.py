@@ -61,7 +61,8 @@ def generate(model, tokens, max_tokens=None, stop=None, **sampling):
     in, so sliding it by one token would mean recomputing the whole window for every new token.
     """
     max_seq_len = model.args.max_seq_len
-    context, end = list(tokens), len(tokens) + (max_tokens if max_tokens is not None else math.inf)
+    context = list(tokens)  # any iterable of ids, as before max_tokens and stop came in
+    end = len(context) + (max_tokens if max_tokens is not None else math.inf)
     while True:
         window = context[-max(1, max_seq_len // 2):] if len(context) >= max_seq_len else context
         cache = model.make_cache()
