@@ -6,11 +6,11 @@ collapse under contention).
     python bench.py                      # everything
     python bench.py --only=train,generate
 
-Measures: the fp32 matmul peak through MLX (the denominator of every MFU here); train.py's own
-tokens/s, MFU and peak memory for the default settings, each config/ preset and the nanoGPT-shaped
-model; the time split of one training step (forward, backward, optimizer; attention, MLP, loss);
-generation tokens/s for prefill and for decoding with and without the KV cache; prepare.py's
-tokenizing throughput on the built-in corpus.
+Measures: the matmul peak through MLX in the dtype that train.py's dtype=auto picks (the
+denominator of every MFU here); train.py's own tokens/s, MFU and peak memory for the default
+settings, each config/ preset and the nanoGPT-shaped model; the time split of one training step
+(forward, backward, optimizer; attention, MLP, loss); generation tokens/s for prefill and for
+decoding with and without the KV cache; prepare.py's tokenizing throughput on the built-in corpus.
 """
 import glob
 import hashlib
@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 # first: model.py loads cpu.py
-from model import Model, ModelArgs, cross_entropy, measure_peak_flops
+from model import Model, ModelArgs, auto_dtype, cross_entropy, measure_peak_flops
 import cpu
 import mlx.core as mx
 import mlx.nn as nn
@@ -44,7 +44,8 @@ if unknown := set(only.split(",")) - {"peak", "train", "split", "generate", "pre
     sys.exit(f"error: --only={only}: unknown {', '.join(sorted(unknown))}; "
              "pick from peak,train,split,generate,prepare")
 here = os.path.dirname(os.path.abspath(__file__))
-results = {"device": str(mx.default_device()), "mlx": mx.__version__, "cpu": cpu.cpu_model(),
+results = {"device": f"{mx.default_device()}: {mx.device_info()['device_name']}",
+           "mlx": mx.__version__, "cpu": cpu.cpu_model(), "dtype": str(auto_dtype())[5:],
            "blas": cpu.blas(), "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE")}
 
 
@@ -220,7 +221,8 @@ def bench_prepare():
 
 
 if "peak" in only:
-    results["peak_flops"] = max(measure_peak_flops() for _ in range(5))
+    # in the dtype train.py's runs below compute in (dtype=auto)
+    results["peak_flops"] = max(measure_peak_flops(auto_dtype()) for _ in range(5))
 for name in ("train", "split", "generate", "prepare"):
     if name in only:
         globals()[f"bench_{name}"]()
@@ -230,10 +232,12 @@ with open(out + ".tmp", "w") as f:
 os.replace(out + ".tmp", out)
 
 print(f"\n{results['cpu']}, {results['device']}, mlx {results['mlx']}")
-print(f"BLAS: {results['blas']}" + (f" (OPENBLAS_CORETYPE={results['openblas_coretype']} chose "
-                                    f"the kernels)" if results["openblas_coretype"] else ""))
+if results["blas"]:  # the CPU's
+    coretype = results["openblas_coretype"]
+    print(f"BLAS: {results['blas']}"
+          + (f" (OPENBLAS_CORETYPE={coretype} chose the kernels)" if coretype else ""))
 if "peak_flops" in results:
-    print(f"fp32 matmul peak: {results['peak_flops'] / 1e9:.0f} GFLOP/s")
+    print(f"{results['dtype']} matmul peak: {results['peak_flops'] / 1e9:.0f} GFLOP/s")
 for r in results.get("train", []):
     print(f"train {r['name']:<24} {r['params_m']:6.2f}M params {r['tokens_per_sec']:8,.0f} tok/s  "
           f"MFU {r['mfu']:5.1%}  peak mem {r['peak_mem_gb']:.2f} GB")

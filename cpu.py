@@ -1,6 +1,5 @@
 """
-The CPU fast path: what makes training on MLX's CPU backend (Linux, or a Mac told to use its CPU)
-fast.
+The CPU fast path: what makes training on MLX's CPU backend (Linux's mlx[cpu]) fast.
 
 On a GPU none of this runs. model.py takes attention, SiLU and the loss from here in one place, and
 train.py the worker threads, only when the default device is the CPU; every function here is tested
@@ -118,8 +117,10 @@ def _openblas_config(lib):
 
 
 def blas():
-    """Which BLAS serves MLX's matmuls here, for bench.py and train.py to print: e.g. "OpenBLAS
-    0.3.33 DYNAMIC_ARCH, SkylakeX kernels, 2 threads"."""
+    """Which BLAS serves MLX's matmuls here, for bench.py to print: e.g. "OpenBLAS 0.3.33
+    DYNAMIC_ARCH, SkylakeX kernels, 2 threads"; None on a GPU."""
+    if not ON_CPU:
+        return None
     if _openblas is None:
         return "Accelerate" if sys.platform == "darwin" else "the reference BLAS (slow)"
     _openblas.openblas_get_corename.restype = ctypes.c_char_p
@@ -190,8 +191,9 @@ def silu(x):
     return x / (1 + exp(mx.minimum(-x, 80.0)))
 
 
-# logits (..., vocab), targets (...) -> the loss of each token, like MLX's
+# logits (..., vocab), targets (...) -> the loss of each token in float32, like mx.fast's
 def cross_entropy(logits, targets):
+    logits = logits.astype(mx.float32)  # a bfloat16 sum over the vocabulary would round each term
     # for range only: logsumexp does not depend on it
     m = mx.stop_gradient(logits.max(axis=-1, keepdims=True))
     logsumexp = mx.log(exp(logits - m).sum(axis=-1)) + m.squeeze(-1)

@@ -22,6 +22,7 @@ import sentencepiece as spm
 
 from model import load_model  # first: model.py loads cpu.py, which must come before mlx.core
 import files
+import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from configurator import configure
@@ -117,7 +118,7 @@ w.add_add_space_prefix(files.adds_dummy_prefix(sp))
 
 # the weights, under llama.cpp's names and in its RoPE layout --------------------------------------
 for name, t in tree_flatten(model.parameters()):
-    t = np.array(t, dtype=np.float32)
+    t = np.array(t.astype(mx.float32))  # numpy has no bfloat16, which a folder may store
     base = name.removesuffix(".weight")
     if base.startswith("model.layers."):
         i, rest = base[len("model.layers."):].split(".", 1)

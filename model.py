@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 import cpu  # first: on Linux it loads OpenBLAS, which must happen before mlx.core is imported
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_flatten, tree_map_with_path, tree_unflatten
 
 import files
 
@@ -26,8 +26,9 @@ import files
 # the same functions are faster; they give the same values and gradients (tests/test_cpu.py).
 attention = cpu.attention if cpu.ON_CPU else mx.fast.scaled_dot_product_attention
 silu = cpu.silu if cpu.ON_CPU else nn.silu
-# (..., vocab) -> each token's loss
-cross_entropy = cpu.cross_entropy if cpu.ON_CPU else nn.losses.cross_entropy
+# (..., vocab) -> each token's loss, in float32 whatever the logits' dtype; on a GPU fused, so the
+# logits and their gradient get no float32 copy
+cross_entropy = cpu.cross_entropy if cpu.ON_CPU else mx.fast.cross_entropy
 
 
 def dropout(x, p, key):
@@ -185,7 +186,9 @@ class LlamaModel(nn.Module):
         n = 1 + 2 * len(self.layers)
         keys = (mx.random.split(self._dropout_key, n) if p and self._dropout_key is not None
                 else [None] * n)
-        h = dropout(self.embed_tokens(tokens), p, keys[0])
+        # the blocks compute in their weights' dtype: under mixed precision (Model.pass_weights)
+        # the embedding alone stays float32
+        h = dropout(self.embed_tokens(tokens).astype(self.norm.weight.dtype), p, keys[0])
         for i, layer in enumerate(self.layers):
             block = nn.utils.checkpoint(layer) if self.grad_checkpoint and cache is None else layer
             h = block(h, cache[i] if cache is not None else None, p, keys[1 + 2 * i:3 + 2 * i])
@@ -215,9 +218,18 @@ class Model(nn.Module):
 
     def __call__(self, tokens, cache=None):  # tokens: (B, L) -> logits (B, L, vocab_size)
         h = self.model(tokens, cache)
-        if self.args.tie_embeddings:
-            return self.model.embed_tokens.as_linear(h)
+        if self.args.tie_embeddings:  # cast where it multiplies: the pass's dtype, not float32's
+            return h @ self.model.embed_tokens.weight.astype(h.dtype).T
         return self.lm_head(h)
+
+    def pass_weights(self, dtype):
+        """The weights a mixed-precision pass runs on: `dtype` copies of the float32 master
+        weights (whose gradients come back in float32), except the embedding's. Its lookup's
+        gradient is a scatter-add that in bfloat16 rounds each addition, so a token used 1,000
+        times got 256 times a row's gradient; in float32 it adds up (docs/precision.md)."""
+        return tree_map_with_path(
+            lambda path, w: w if path == "model.embed_tokens.weight" else w.astype(dtype),
+            self.parameters())
 
     def set_training(self, dropout=0.0, grad_checkpoint=False):
         """Dropout on the embedding's output and each residual branch (in training mode only), and
@@ -288,9 +300,8 @@ def load_model(path):
         except (RuntimeError, ValueError) as e:
             sys.exit(f"error: {file} cannot be read ({e}); it is damaged: "
                      f"restore it from a copy of the folder")
-    weights = {k: v.astype(mx.float32) for k, v in model.sanitize(weights).items()}
-    try:
-        model.load_weights(list(weights.items()))
+    try:  # in the stored dtype: a bfloat16 7B model stays 13 GB (train.py casts to float32)
+        model.load_weights(list(model.sanitize(weights).items()))
     except ValueError as e:
         sys.exit(f"error: the weights in {path!r} do not fit its config.json: {e}")
     mx.eval(model.parameters())
@@ -310,18 +321,25 @@ def auto_dtype():
 
 
 def measure_peak_flops(dtype=mx.float32):
-    """The device's matmul throughput in FLOP/s, the denominator of the MFU that train.py and
-    bench.py report.
+    """The device's matmul throughput in `dtype`, in FLOP/s: the denominator of the MFU that
+    train.py and bench.py report.
 
-    The best of several short runs: a busy moment can only make a run slower, never faster.
+    The best of several short runs: a busy moment can only make a run slower, never faster. A GPU
+    does a 4096-cubed matmul in a millisecond or less, near the cost of a launch and a sync, so
+    there each timing chains ten of them in one evaluation.
     """
-    n = 2048 if mx.default_device() == mx.gpu else 1024
-    a, b = mx.random.normal((n, n)).astype(dtype), mx.random.normal((n, n)).astype(dtype)
-    mx.eval(a @ b)
+    n, chain = (4096, 10) if mx.default_device() == mx.gpu else (1024, 3)
+    a = mx.random.normal((n, n)).astype(dtype)
+    b = (mx.random.normal((n, n)) / math.sqrt(n)).astype(dtype)  # keeps a @ b @ b ... finite
+    def run():
+        x = a
+        for _ in range(chain):
+            x = x @ b
+        mx.eval(x)
+    run()
     best = float("inf")
     for _ in range(5):
         t = time.perf_counter()
-        for _ in range(3):
-            mx.eval(a @ b)
-        best = min(best, (time.perf_counter() - t) / 3)
+        run()
+        best = min(best, (time.perf_counter() - t) / chain)
     return 2 * n ** 3 / best

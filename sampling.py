@@ -12,26 +12,23 @@ import math
 import mlx.core as mx
 
 
-def sample(logits, context, temperature=0.8, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0,
-           repetition_context=20):
-    """The next token id (a scalar mx.array) from `logits` (vocab,); `context` is the list of token
-    ids so far.
+def sample(logits, recent=None, temperature=0.8, top_k=0, top_p=1.0, min_p=0.0,
+           repetition_penalty=1.0):
+    """The next token id (a scalar mx.array, not yet computed) from `logits` (vocab,); `recent`
+    (an mx.array of ids) is what repetition_penalty looks at.
 
     temperature 0 is greedy. top_k keeps the k most likely tokens (0 keeps all); top_p the smallest
     set whose probability reaches p (1 keeps all); min_p the tokens at least min_p times as likely
-    as the most likely one (0 keeps all). repetition_penalty > 1 makes the last repetition_context
-    tokens of the context (0: all of it) less likely. Random draws come from MLX's global
-    generator: mx.random.seed makes a sample repeatable.
+    as the most likely one (0 keeps all). repetition_penalty > 1 makes the `recent` tokens less
+    likely. Random draws come from MLX's global generator: mx.random.seed makes a sample
+    repeatable. Everything here runs on the device: nothing waits for Python.
     """
-    if repetition_penalty != 1.0 and context:
-        # CTRL's rule, as mlx-lm applies it: only recent tokens, so a long prompt does not rule out
-        # its whole vocabulary (every "the", every space) for the rest of the sample.
-        recent = context[-repetition_context:] if repetition_context else context
-        seen = mx.array(sorted(set(recent)))
-        picked = logits[seen]
+    if repetition_penalty != 1.0 and recent is not None and recent.size:
+        # CTRL's rule, as mlx-lm applies it. A token seen twice is written twice, the same value.
+        picked = logits[recent]
         picked = mx.where(picked > 0, picked / repetition_penalty, picked * repetition_penalty)
         # a new array: the caller's logits stay as they are
-        logits = mx.put_along_axis(logits, seen, picked, axis=0)
+        logits = mx.put_along_axis(logits, recent, picked, axis=0)
     if temperature == 0:
         return mx.argmax(logits)
     if min_p > 0:
@@ -52,31 +49,50 @@ def sample(logits, context, temperature=0.8, top_k=0, top_p=1.0, min_p=0.0, repe
     return mx.random.categorical(logits)
 
 
-def generate(model, tokens, max_tokens=None, stop=None, **sampling):
+def generate(model, tokens, max_tokens=None, stop=None, cache=None, repetition_context=20,
+             **sampling):
     """Yield up to max_tokens (None: no end) new token ids after `tokens`, ending before the token
-    `stop` (EOS, say); `sampling` goes to sample().
+    `stop` (EOS, say); repetition_penalty (in `sampling`, which goes to sample()) looks at the last
+    repetition_context ids (0: all).
 
-    The prompt is one forward pass into the KV cache, then each token one step. When the context is
-    full it restarts from its last half: the cache holds positions 0..max_seq_len-1 with RoPE baked
-    in, so sliding it by one token would mean recomputing the whole window for every new token.
+    The prompt is one forward pass into the KV cache, then each token one step, queued before the
+    token before it is read (as mlx-lm's generate_step), so the device never waits for Python.
+    When the context is full it restarts from its last half: the cache holds positions
+    0..max_seq_len-1 with RoPE baked in, so sliding it by one token would mean recomputing the
+    whole window for every new token. Given a `cache` (model.make_cache()) that already holds a
+    conversation, `tokens` continue it, and the sample ends where the cache is full.
     """
     max_seq_len = model.args.max_seq_len
-    context = list(tokens)  # any iterable of ids, as before max_tokens and stop came in
+    context = list(tokens)  # any iterable of ids
     end = len(context) + (max_tokens if max_tokens is not None else math.inf)
-    while True:
-        window = context[-max(1, max_seq_len // 2):] if len(context) >= max_seq_len else context
-        cache = model.make_cache()
-        logits = model(mx.array([window]), cache)[0, -1]
-        while cache[0].offset < max_seq_len:
-            if len(context) >= end:
-                return
-            token = sample(logits, context, **sampling)
-            logits = model(token.reshape(1, 1), cache)[0, -1]
-            mx.async_eval(logits)  # compute the next step while Python hands this token out
+    penalize = sampling.get("repetition_penalty", 1.0) != 1.0
+
+    def last(ids):  # what repetition_penalty looks at
+        return ids[-repetition_context:] if repetition_context else ids
+
+    fresh = cache is None
+    while len(context) < end:
+        window = context
+        if fresh:  # a new cache: the context, or its last half once it is full
+            window = context[-max(1, max_seq_len // 2):] if len(context) >= max_seq_len else context
+            cache = model.make_cache()
+        recent = mx.array(last(context)) if penalize else None
+        token = sample(model(mx.array([window]), cache)[0, -1], recent, **sampling)
+        while True:
+            room = cache[0].offset + 1 < max_seq_len and len(context) + 1 < end
+            if room:  # step n + 1, queued before token n is read
+                recent = last(mx.concatenate([recent, token[None]])) if penalize else None
+                queued = sample(model(token.reshape(1, 1), cache)[0, -1], recent, **sampling)
+                mx.async_eval(queued)
             context.append(token.item())
             if context[-1] == stop:
                 return
             yield context[-1]
+            if not room:
+                break
+            token = queued
+        if not fresh:
+            return
 
 
 def stream_text(sp, prompt_tokens, tokens):

@@ -117,6 +117,7 @@ tokenizer_path = os.path.join(source or data_path, "tokenizer.model")  # the tok
 start_iter, best_val_loss, budget_open = 0, float("inf"), max_minutes > 0
 if source:
     model, config = load_model(source)
+    model.set_dtype(mx.float32)  # the master weights, whatever the folder stores
 if resume:
     train_state, saved_settings, opt_state = files.read_resume(out_dir, config, optimizer)
     start_iter, best_val_loss = train_state["iter"], train_state["best_val_loss"]
@@ -165,12 +166,13 @@ def get_batch(data, it, micro):
 def loss_fn(model, x, y):
     weights = model.parameters()
     if compute_dtype != mx.float32:
-        # Mixed precision: the pass runs on bfloat16 copies of the float32 weights, and gradients
-        # come back in float32, so an update below bfloat16's resolution still adds up.
-        model.update(tree_map(lambda w: w.astype(compute_dtype), weights))
+        # Mixed precision: the pass runs on bfloat16 copies of the float32 weights (but the
+        # embedding's), and gradients come back in float32, so an update below bfloat16's
+        # resolution still adds up.
+        model.update(model.pass_weights(compute_dtype))
     logits = model(x)
     model.update(weights)
-    return cross_entropy(logits.astype(mx.float32), y).mean()
+    return cross_entropy(logits, y).mean()  # float32
 
 def bits_per_byte(loss):  # nats per token -> bits per byte of the text the val tokens stand for
     return loss / math.log(2) * val_info["n_tokens"] / val_info["n_bytes"]
@@ -377,6 +379,7 @@ while it < max_iters:
     loss, grads = gradients(it)
     grad_norm = update(grads)
     mx.eval(state, loss, grad_norm)
+    del grads  # or the next iteration's pass would run with this one's gradients still held
     loss, done = loss.item(), it + 1
     check_finite(loss, done)
     # The processes stop together, at the first iteration where any has seen a signal; else one

@@ -14,6 +14,11 @@ sys.path.insert(0, str(ROOT))
 # for every test module, whatever it imports first.
 import model  # noqa: E402, F401
 
+ON_CPU = model.cpu.ON_CPU
+# Tests of the CPU's own machinery (worker threads, OpenBLAS) skip on a GPU; every other test runs
+# on any backend, and those that compare numbers pin --dtype=float32.
+cpu_only = pytest.mark.skipif(not ON_CPU, reason="the CPU fast path (cpu.py) runs on the CPU only")
+
 WORDS = ("the cat sat on a mat while dogs ran far away from home and every bird sang loud songs "
          "of joy under trees near rivers where fish swim fast").split()
 

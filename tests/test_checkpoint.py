@@ -19,7 +19,7 @@ from conftest import losses, workspace
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--dataset=tiny", "--dim=32", "--n_layers=2", "--n_heads=4", "--n_kv_heads=2",
         "--max_seq_len=32", "--batch_size=4", "--eval_iters=1", "--log_interval=1",
-        "--warmup_iters=2", "--learning_rate=3e-3"]
+        "--warmup_iters=2", "--learning_rate=3e-3", "--dtype=float32"]
 OLD = {"config.json": b'{"iter": 1}', "model.safetensors": b"old weights " * 1000,
        "tokenizer.model": b"tok"}
 NEW = {"config.json": b'{"iter": 2}', "model.safetensors": b"new weights " * 1000,

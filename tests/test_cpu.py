@@ -7,13 +7,15 @@ from pathlib import Path
 import pytest
 
 import cpu  # before mlx.core, as in the scripts
+from conftest import ON_CPU
 import mlx.core as mx
 import mlx.nn as nn
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="OpenBLAS is loaded on Linux only")
+@pytest.mark.skipif(sys.platform != "linux" or not ON_CPU,
+                    reason="OpenBLAS is loaded for Linux's CPU backend only")
 def test_matmuls_run_on_openblas_with_the_fortran_runtime_that_pip_installed():
     # In a fresh process, as a script starts: the symbol MLX's matmul calls, as the dynamic linker
     # resolves it process-wide, must be OpenBLAS's, and the Fortran runtime OpenBLAS links must be
@@ -94,3 +96,8 @@ def test_cpu_softmax_silu_and_loss_equal_mlx_ones_with_gradients():
             (a, da), (b, db) = mx.value_and_grad(ours)(x), mx.value_and_grad(mlx)(x)
             assert (mx.allclose(a, b, rtol=1e-5, atol=1e-5)
                     and mx.allclose(da, db, rtol=1e-4, atol=1e-6))
+        # bfloat16 logits: the loss is summed and returned in float32, as mx.fast's fused one
+        rounded = x.astype(mx.bfloat16)
+        loss = cpu.cross_entropy(rounded, y)
+        assert loss.dtype == mx.float32 and mx.allclose(
+            loss, mx.fast.cross_entropy(rounded.astype(mx.float32), y), rtol=1e-6, atol=1e-6)

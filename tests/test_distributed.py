@@ -28,7 +28,7 @@ LAUNCH = Path(sys.executable).with_name("mlx.launch")  # the venv's, or else the
 LAUNCH = LAUNCH if LAUNCH.is_file() else Path(shutil.which("mlx.launch") or LAUNCH)
 TINY = ["--dataset=tiny", "--dim=32", "--n_layers=2", "--n_heads=4", "--n_kv_heads=2",
         "--max_seq_len=32", "--eval_iters=2", "--log_interval=1", "--warmup_iters=2",
-        "--learning_rate=3e-3", "--peak_flops=1e12",
+        "--learning_rate=3e-3", "--peak_flops=1e12", "--dtype=float32",
         "--eval_interval=4", "--lr_decay_iters=8"]  # the same schedule however long a run is
 ENV = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
 TIMEOUT = 120  # seconds; a rank left waiting in a collective would hang forever without it

@@ -12,12 +12,13 @@ import mlx.core as mx
 import sentencepiece as spm
 
 from conftest import workspace
-from sampling import sample, stream_text
+from model import load_model
+from sampling import generate as generate_tokens, sample, stream_text
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--dim=32", "--n_layers=2", "--n_heads=4", "--n_kv_heads=2", "--max_seq_len=32",
         "--batch_size=4", "--eval_iters=2", "--log_interval=10", "--warmup_iters=2",
-        "--learning_rate=3e-3"]
+        "--learning_rate=3e-3", "--dtype=float32"]
 
 
 def run(script, *args, cwd, stdin=None, ok=True):
@@ -46,14 +47,12 @@ def generate(work, *args, stdin=None):
 
 # ----------------------------------------------------------------------------- sample()
 
-def test_repetition_penalty_reaches_only_the_last_repetition_context_tokens():
+def test_repetition_penalty_makes_the_recent_tokens_less_likely():
     logits = mx.array([0.0, 0.0, 0.0, 0.0, 0.0, 2.0, 1.5])  # token 5 is the most likely, 6 the next
-    greedy = dict(temperature=0, repetition_penalty=4.0, repetition_context=3)
-    assert sample(logits, [5, 0, 0, 0], **greedy).item() == 5  # 5 is 4 tokens back: not penalised
-    assert sample(logits, [0, 0, 5, 0], **greedy).item() == 6  # 5 is in the last 3: 2.0 / 4 < 1.5
-    # 0: the whole context
-    assert sample(logits, [5, 0, 0, 0], **{**greedy, "repetition_context": 0}).item() == 6
-    assert sample(logits, [5, 0, 0, 0], **{**greedy, "repetition_penalty": 1.0}).item() == 5
+    greedy = dict(temperature=0, repetition_penalty=4.0)
+    assert sample(logits, mx.array([0, 0, 1]), **greedy).item() == 5  # 5 is not recent
+    assert sample(logits, mx.array([0, 5, 5]), **greedy).item() == 6  # it is: 2.0 / 4 < 1.5
+    assert sample(logits, mx.array([5]), **{**greedy, "repetition_penalty": 1.0}).item() == 5
     # the caller's logits are left as they were
     assert logits.tolist() == [0.0, 0.0, 0.0, 0.0, 0.0, 2.0, 1.5]
 
@@ -63,23 +62,77 @@ def test_min_p_keeps_the_tokens_at_least_min_p_times_as_likely_as_the_top_one_at
     mx.random.seed(0)
     # measured before temperature, so a hot one does not let the tail in
     for temperature in (1.0, 50.0):
-        drawn = {sample(logits, [], temperature=temperature, top_p=1.0, min_p=0.5).item()
+        drawn = {sample(logits, None, temperature=temperature, top_p=1.0, min_p=0.5).item()
                  for _ in range(200)}
         assert drawn == {0, 1}
-    drawn = {sample(logits, [], temperature=1.0, min_p=0.2).item() for _ in range(200)}
+    drawn = {sample(logits, None, temperature=1.0, min_p=0.2).item() for _ in range(200)}
     assert drawn == {0, 1, 2}
-    drawn = {sample(logits, [], temperature=1.0, min_p=0.0).item() for _ in range(400)}
+    drawn = {sample(logits, None, temperature=1.0, min_p=0.0).item() for _ in range(400)}
     assert drawn == {0, 1, 2, 3}
 
 
 def test_sample_is_repeatable_given_the_seed():
-    logits, context = mx.zeros(10), [1, 2, 3]
+    logits, context = mx.zeros(10), mx.array([1, 2, 3])
     settings = dict(temperature=1.0, top_k=8, top_p=0.9, min_p=0.01, repetition_penalty=1.3)
     runs = []
     for _ in range(2):
         mx.random.seed(42)
         runs.append([sample(logits, context, **settings).item() for _ in range(30)])
     assert runs[0] == runs[1] and len(set(runs[0])) > 1  # the same draws, and they are draws
+
+
+def reference_generate(model, tokens, max_tokens, stop, repetition_context, **sampling):
+    """The plain loop that generate() pipelines: read each token before the next step is built."""
+    M, context, new = model.args.max_seq_len, list(tokens), []
+    while len(new) < max_tokens:
+        cache = model.make_cache()
+        window = context[-(M // 2):] if len(context) >= M else context
+        logits = model(mx.array([window]), cache)[0, -1]
+        while cache[0].offset < M and len(new) < max_tokens:
+            recent = context[-repetition_context:] if repetition_context else context
+            token = sample(logits, mx.array(recent), **sampling).item()
+            if token == stop:
+                return new
+            context.append(token)
+            new.append(token)
+            logits = model(mx.array([[token]]), cache)[0, -1]
+    return new
+
+
+class Windows:
+    """A model that records the windows it is given to encode into a fresh cache."""
+
+    def __init__(self, model):
+        self.model, self.args, self.windows = model, model.args, []
+
+    def make_cache(self):
+        return self.model.make_cache()
+
+    def __call__(self, x, cache):
+        if cache[0].offset == 0:
+            self.windows.append(x.tolist())
+        return self.model(x, cache)
+
+
+@pytest.mark.parametrize("settings", [
+    dict(temperature=0), dict(temperature=0, repetition_penalty=3.0, repetition_context=5),
+    dict(temperature=1.0, top_k=20, top_p=0.9, repetition_penalty=1.3),
+    dict(temperature=0.8, min_p=0.05, repetition_penalty=1.2, repetition_context=0)])
+def test_generate_queues_each_step_yet_gives_the_plain_loops_tokens(work, settings):
+    model, _ = load_model(str(work / "out"))  # max_seq_len 32: 70 tokens restart the cache twice
+    prompt, rc = [1, 5, 9, 12], settings.get("repetition_context", 20)
+    sampling = {k: v for k, v in settings.items() if k != "repetition_context"}
+    mx.random.seed(3)
+    full = list(generate_tokens(model, prompt, 70, **settings))
+    assert len(full) == 70
+    for stop in (None, full[40]):  # to the end, and a stop mid-way
+        mx.random.seed(3)
+        ours, plain = Windows(model), Windows(model)
+        tokens = list(generate_tokens(ours, prompt, 70, stop, **settings))
+        mx.random.seed(3)
+        assert tokens == reference_generate(plain, prompt, 70, stop, rc, **sampling)
+        assert ours.windows == plain.windows  # the cache restarts where it did
+    assert tokens == full[:full.index(full[40])]
 
 
 # ----------------------------------------------------------------------------- stream_text()

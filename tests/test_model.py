@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from model import Model, ModelArgs, load_model  # before mlx.core, as in the scripts
+from model import Model, ModelArgs, cross_entropy, load_model  # before mlx.core, as in the scripts
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
@@ -128,3 +128,45 @@ def test_flops_per_token_counts_every_matmul_weight_six_times():
     attention = 12 * a.n_layers * a.dim * a.max_seq_len
     assert model.flops_per_token(a.max_seq_len) == pytest.approx(6 * matmul_weights + attention,
                                                                  rel=0.01)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_mixed_precision_gives_the_embedding_float32s_gradient(tie):
+    # train.py's bfloat16 pass (Model.pass_weights, as its loss_fn uses it) on a batch that uses
+    # one token a thousand times: the embedding's gradient must add up as in float32, within
+    # bfloat16's rounding of the result. A bfloat16 scatter-add stalls at 256 uses (1/4 of it).
+    model = tiny(tie_embeddings=tie)
+    # token 7 a thousand times, each use with the same target, so that their gradients agree
+    x = mx.concatenate([tokens((4, 8)), mx.full((4, 250), 7)], axis=1)
+    y = mx.concatenate([tokens((4, 8), seed=1), mx.full((4, 250), 3)], axis=1)
+
+    def grads(dtype):
+        def loss_fn(model, x, y):
+            weights = model.parameters()
+            model.update(model.pass_weights(dtype))
+            logits = model(x)
+            model.update(weights)
+            return cross_entropy(logits, y).mean()
+        return dict(tree_flatten(nn.value_and_grad(model, loss_fn)(model, x, y)[1]))
+
+    mixed, exact = grads(mx.bfloat16), grads(mx.float32)
+    assert all(g.dtype == mx.float32 for g in mixed.values())
+    row, ref = (g["model.embed_tokens.weight"][7] for g in (mixed, exact))
+    assert mx.linalg.norm(row).item() == pytest.approx(mx.linalg.norm(ref).item(), rel=0.03)
+    assert (row * ref).sum().item() / (mx.linalg.norm(row) * mx.linalg.norm(ref)).item() > 0.99
+    # the other weights ran in bfloat16: their gradients differ from float32's, a little
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert 0 < (mx.linalg.norm(mixed[q] - exact[q]) / mx.linalg.norm(exact[q])).item() < 0.1
+
+
+def test_a_folder_loads_in_the_dtype_it_stores(tmp_path):
+    # a bfloat16 7B folder must not double to float32 in memory (train.py casts for itself)
+    model = tiny()
+    model.set_dtype(mx.bfloat16)
+    (tmp_path / "config.json").write_text(json.dumps(model.args.to_config()))
+    mx.save_safetensors(str(tmp_path / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    loaded, _ = load_model(str(tmp_path))
+    assert {p.dtype for _, p in tree_flatten(loaded.parameters())} == {mx.bfloat16}
+    assert loaded.make_cache()[0].keys.dtype == mx.bfloat16
+    x = tokens((1, 8))
+    assert loaded(x).dtype == mx.bfloat16 and mx.array_equal(loaded(x), model(x))
