@@ -45,7 +45,7 @@ if unknown := set(only.split(",")) - {"peak", "train", "split", "generate", "pre
              "pick from peak,train,split,generate,prepare")
 here = os.path.dirname(os.path.abspath(__file__))
 results = {"device": f"{mx.default_device()}: {mx.device_info()['device_name']}",
-           "mlx": mx.__version__, "cpu": cpu.cpu_model(), "dtype": str(auto_dtype())[5:],
+           "mlx": mx.__version__, "cpu": cpu.cpu_model(), "dtype": str(auto_dtype()).split(".")[-1],
            "blas": cpu.blas(), "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE")}
 
 
@@ -107,7 +107,10 @@ def bench_train():
                                 "--batch_size=16"], 4096, train_iters)]
     for preset in sorted(glob.glob(os.path.join(here, "config", "*.py"))):
         # the vocabulary prepare.py gives its dataset; big presets get fewer (slow) iterations
-        vocab = corpus.VOCAB_SIZES[read_preset(preset)["dataset"]]
+        settings = read_preset(preset)
+        vocab = corpus.VOCAB_SIZES.get(settings["dataset"])
+        if "init_from" in settings or vocab is None or vocab > 8192:
+            continue  # a fine-tune (it needs its base), or a model for a GPU (fineweb_edu.py)
         runs.append((os.path.basename(preset), [preset], vocab, 3 if vocab > 1024 else train_iters))
         if vocab > 1024:  # the big presets are where memory runs out first
             runs.append((os.path.basename(preset) + ", grad_ckpt",

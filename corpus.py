@@ -1,19 +1,25 @@
 """
 Text to tokens, the machinery of prepare.py: the corpora (the built-in one, the named datasets and
 their downloads, the user's own files), their split into train and val, and SentencePiece training
-and encoding.
+and encoding; and conversations (pystdlib-chat, dolly-chat, the user's .jsonl) to tokens with the
+flags that say where the loss is (chat.py has the format).
 
 Tokenizer: SentencePiece BPE, Llama conventions (unk 0, BOS 1, EOS 2, no pad, byte fallback), so
 any text encodes and decode(encode(text)) == text, whitespace included (except U+2581 '▁', which
 SentencePiece reserves for space). Each document becomes [BOS] tokens [EOS].
 """
+import collections
+import contextlib
 import glob
 import heapq
 import http.client
+import importlib
+import inspect
 import io
 import json
 import math
 import os
+import pkgutil
 import random
 import re
 import sys
@@ -21,12 +27,15 @@ import sysconfig
 import time
 import urllib.error
 import urllib.request
+import warnings
 import zipfile
 
 import numpy as np
 import sentencepiece as spm
 
-from files import sha256_file
+import chat
+from errors import Error
+from files import LOSS, START, sha256_file
 
 # ----------------------------------------------------------------------------- documents
 
@@ -61,14 +70,14 @@ def input_files(pattern):
         files = [p for p in glob.glob(os.path.join(pattern, "**", "*"), recursive=True)
                  if p.endswith((".txt", ".md", ".jsonl")) and os.path.isfile(p)]
         if not files:
-            sys.exit(f"error: --input={pattern}: no .txt, .md or .jsonl files in that folder")
+            raise Error(f"--input={pattern}: no .txt, .md or .jsonl files in that folder")
     elif os.path.isfile(pattern):
         files = [pattern]
     else:
         files = [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
         if not files:
-            sys.exit(f"error: --input={pattern}: no such file or folder, and no file matches it "
-                     "as a glob")
+            raise Error(f"--input={pattern}: no such file or folder, and no file matches it "
+                        "as a glob")
     return sorted(files)
 
 
@@ -84,15 +93,15 @@ def input_documents(files):
                     if line.strip():
                         row = json.loads(line)
                         if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                            sys.exit(f"error: {path}:{i}: a .jsonl row must be an object with a "
-                                     "\"text\" string")
+                            raise Error(f"{path}:{i}: a .jsonl row must be an object with a "
+                                        "\"text\" string")
                         yield row["text"]
         except UnicodeDecodeError:
-            sys.exit(f"error: {path} is not UTF-8 text; convert it (e.g. iconv -t utf-8) or leave "
-                     "it out of --input")
+            raise Error(f"{path} is not UTF-8 text; convert it (e.g. iconv -t utf-8) or leave "
+                        "it out of --input")
         except json.JSONDecodeError as e:
-            sys.exit(f"error: {path}:{i}: not JSON ({e.msg}); "
-                     ".jsonl wants one JSON object per line")
+            raise Error(f"{path}:{i}: not JSON ({e.msg}); "
+                        ".jsonl wants one JSON object per line")
 
 
 def split_documents(texts, val_fraction):
@@ -101,11 +110,11 @@ def split_documents(texts, val_fraction):
     That spreads val evenly through the corpus and, if the corpus has two documents or more, val
     gets at least one (the last, when the fraction rounds to none). A lone document cannot be split
     that way, so its last val_fraction of text becomes val instead, as nanoGPT does with
-    Shakespeare.
+    Shakespeare. Conversations (lists of messages) split the same way, a lone one to train.
     """
     held, n, n_val = None, 0, 0
     for text in texts:
-        if not text.strip():
+        if isinstance(text, str) and not text.strip():
             continue
         if held:
             yield held
@@ -113,7 +122,8 @@ def split_documents(texts, val_fraction):
         to_val = math.floor(n * val_fraction) > n_val
         n_val += to_val
         held = ("val" if to_val else "train", text)
-    if n == 1 and 0 < (cut := int(len(held[1]) * (1 - val_fraction))) < len(held[1]):
+    if (n == 1 and isinstance(held[1], str)
+            and 0 < (cut := int(len(held[1]) * (1 - val_fraction))) < len(held[1])):
         yield "train", held[1][:cut]
         yield "val", held[1][cut:]
     elif held:
@@ -173,30 +183,30 @@ def train_tokenizer(lines, vocab_size, num_threads=os.cpu_count() or 1):
     except RuntimeError as e:
         msg = str(e)
         if m := re.search(r"smaller than required_chars\. \d+ vs (\d+)", msg):
-            sys.exit(f"error: --vocab_size={vocab_size} is too small for this corpus: its "
-                     f"characters, the 256 byte pieces and the special tokens need {m[1]}; "
-                     f"use --vocab_size={m[1]} or more")
+            raise Error(f"--vocab_size={vocab_size} is too small for this corpus: its "
+                        f"characters, the 256 byte pieces and the special tokens need {m[1]}; "
+                        f"use --vocab_size={m[1]} or more")
         if m := re.search(r"value <= (\d+)", msg):
-            sys.exit(f"error: --vocab_size={vocab_size} is too large for this corpus: its "
-                     f"tokenizer sample yields at most {m[1]} pieces; lower --vocab_size, or add "
-                     "text / raise --tokenizer_sample_bytes")
-        sys.exit(f"error: SentencePiece could not train a tokenizer: {msg.splitlines()[0]}")
+            raise Error(f"--vocab_size={vocab_size} is too large for this corpus: its "
+                        f"tokenizer sample yields at most {m[1]} pieces; lower --vocab_size, or "
+                        "add text / raise --tokenizer_sample_bytes")
+        raise Error(f"SentencePiece could not train a tokenizer: {msg.splitlines()[0]}")
     return model.getvalue()
 
 
 def load_tokenizer(path):
     """Read a given SentencePiece model and check it can be used here; returns its bytes."""
     if not os.path.isfile(path):
-        sys.exit(f"error: --tokenizer={path}: no such file")
+        raise Error(f"--tokenizer={path}: no such file")
     with open(path, "rb") as f:
         model = f.read()
     try:
         sp = spm.SentencePieceProcessor(model_proto=model)
     except RuntimeError:
-        sys.exit(f"error: --tokenizer={path} is not a SentencePiece model (a tokenizer.model file)")
+        raise Error(f"--tokenizer={path} is not a SentencePiece model (a tokenizer.model file)")
     if sp.bos_id() < 0 or sp.eos_id() < 0:
-        sys.exit(f"error: --tokenizer={path} has no BOS or EOS token, which mark where documents "
-                 "start and end")
+        raise Error(f"--tokenizer={path} has no BOS or EOS token, which mark where documents "
+                    "start and end")
     return model
 
 
@@ -266,6 +276,24 @@ def cut_after_newlines(text, size):
         start = end
 
 
+def tokenize_chats(conversations, sp, stats):
+    """Yield (tokens, flags, n_bytes) a conversation: chat.render_conversation's ids, LOSS where
+    its mask is 1 and START on its first BOS, and the size of its replies' text; stats gets docs,
+    bytes, loss_tokens and seconds as they go."""
+    start = time.time()
+    for messages in conversations:
+        ids, mask = chat.render_conversation(sp, messages)
+        flags = np.array(mask, np.uint8) * LOSS
+        flags[0] |= START
+        n_bytes = chat.reply_bytes(messages)
+        stats["docs"] += 1
+        stats["bytes"] += n_bytes
+        stats["loss_tokens"] += sum(mask)
+        stats["seconds"] = time.time() - start
+        status(f"{stats['name']}: {stats['docs']:,} conversations")
+        yield np.array(ids, np.uint32), flags, n_bytes
+
+
 _last_status = time.time()  # the first line comes after a while: quick stages print none
 
 
@@ -282,16 +310,15 @@ def status(line, done=False):
 
 # ----------------------------------------------------------------------------- named datasets
 
-def download(url, path, size=None, sha256=None, setting="url"):
+def download(url, path, size=None, sha256=None, setting="url", local="--input=FILE --dataset=NAME"):
     """Fetch url to path, once. A cut transfer resumes from path.part with an HTTP Range request;
     the file is checked against the known size and SHA-256 (else against Content-Length), and only
-    then renamed to path."""
+    then renamed to path. `local`: how the script's user gives a local file instead."""
     if os.path.exists(path):
         return path
     os.makedirs(os.path.dirname(path), exist_ok=True)
     part, name = path + ".part", os.path.basename(path)
-    fix = (f"point --{setting}=URL at a mirror, or save a copy as {path} (or pass one as "
-           "--input=FILE --dataset=NAME)")
+    fix = f"point --{setting}=URL at a mirror, or save a copy as {path} (or pass one as {local})"
     while True:
         have = os.path.getsize(part) if os.path.exists(part) else 0
         # finished before, but not renamed: let the checks below decide
@@ -322,19 +349,19 @@ def download(url, path, size=None, sha256=None, setting="url"):
                     break
                 os.remove(part)
                 continue
-            sys.exit(f"error: could not download {url}: HTTP {e.code} {e.reason}; {fix}")
+            raise Error(f"could not download {url}: HTTP {e.code} {e.reason}; {fix}")
         except (urllib.error.URLError, OSError, http.client.HTTPException,
                 ValueError) as e:  # ValueError: a bad URL
             if not got:
-                sys.exit(f"error: could not download {url}: {getattr(e, 'reason', e)}; {fix}")
+                raise Error(f"could not download {url}: {getattr(e, 'reason', e)}; {fix}")
         # a cut connection ends the read early, quietly or with an error: resume while it makes
         # progress
         if total is None or have + got >= total:
             status(f"{name}: {(have + got) / 1e6:,.1f} MB downloaded", done=True)
             break
         if not got:
-            sys.exit(f"error: download of {url} stopped at {have:,} of {total:,} bytes; run again "
-                     f"to resume, or {fix}")
+            raise Error(f"download of {url} stopped at {have:,} of {total:,} bytes; run again "
+                        f"to resume, or {fix}")
         status(f"{name}: connection lost at {(have + got) / 1e6:,.1f} MB, resuming", done=True)
     actual = os.path.getsize(part)
     if ((size is not None and actual != size)
@@ -344,8 +371,8 @@ def download(url, path, size=None, sha256=None, setting="url"):
                                      if sha256 and size in (None, actual) else "")
         want = ((f"{size:,} bytes" if size is not None else "")
                 + (f", sha256 {sha256[:16]}..." if sha256 else ""))
-        sys.exit(f"error: {url} is not the expected file ({got}; expected {want.strip(', ')}) "
-                 f"and was deleted; {fix}")
+        raise Error(f"{url} is not the expected file ({got}; expected {want.strip(', ')}) "
+                    f"and was deleted; {fix}")
     os.replace(part, path)
     return path
 
@@ -399,9 +426,81 @@ def wikitext(paths, split):
     with zipfile.ZipFile(paths["url"]) as z:
         names = [n for n in z.namelist() if os.path.basename(n) == member]
         if not names:
-            sys.exit(f"error: {paths['url']} has no {member}; is it wikitext-103-raw-v1.zip?")
+            raise Error(f"{paths['url']} has no {member}; is it wikitext-103-raw-v1.zip?")
         with z.open(names[0]) as f:
             yield from wikitext_articles(io.TextIOWrapper(f, encoding="utf-8", errors="replace"))
+
+
+def dolly_messages(row):
+    """A databricks-dolly-15k row {instruction, context, response, category} as a conversation: the
+    context, a passage the instruction is about (or empty), comes first in the user's turn."""
+    instruction, context, response = (row.get(k, "") for k in ("instruction", "context",
+                                                                "response"))
+    if not all(isinstance(v, str) for v in (instruction, context, response)) or not instruction:
+        raise ValueError("a dolly row has the strings instruction, context and response")
+    user = f"{context.strip()}\n\n{instruction}" if context.strip() else instruction
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": response}]
+
+
+def dolly(paths, split):
+    # no split of its own: every 20th conversation is val
+    rows = chat.read_conversations(paths["url"], dolly_messages)
+    return (c for s, c in split_documents(rows, 0.05) if s == split)
+
+
+def import_pyarrow():
+    """pyarrow with its parquet reader, or one line that says how to get it: only fineweb-edu
+    needs it, so it is not in requirements.txt."""
+    try:
+        import pyarrow
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        raise Error("--dataset=fineweb-edu reads parquet files, which needs pyarrow: "
+                    "pip install pyarrow")
+    return pyarrow
+
+
+def check_parquet(pa, path):
+    """Exit with one line unless path is a parquet file with a "text" column of strings."""
+    try:
+        schema = pa.parquet.read_schema(path)  # the footer only
+    except (OSError, pa.ArrowException) as e:
+        parquet_error(path, e)
+    if schema.get_field_index("text") < 0 or str(schema.field("text").type) not in (
+            "string", "large_string", "string_view"):
+        raise Error(f"{path} has no \"text\" column of strings (its columns: "
+                    f"{', '.join(schema.names)}); is it a shard of "
+                    "karpathy/fineweb-edu-100b-shuffle? Delete it, or point --url=URL at a mirror "
+                    "of that dataset")
+
+
+def parquet_error(path, e):
+    os.remove(path)  # as download() does: a broken file must not pass for the real one next time
+    raise Error(f"{path} is not a parquet file that can be read ({str(e).splitlines()[0]}) "
+                "and was deleted; run again to download it anew, or point --url=URL at a mirror")
+
+
+def parquet_texts(pa, path):
+    """The "text" column of a parquet file read a row group at a time (nanochat's shards: 1,024
+    documents, a few MB each), so memory holds one row group however big the file."""
+    check_parquet(pa, path)
+    try:
+        with pa.parquet.ParquetFile(path) as f:
+            for i in range(f.num_row_groups):
+                texts = f.read_row_group(i, columns=["text"]).column("text").to_pylist()
+                yield from (text for text in texts if text)
+    except (OSError, pa.ArrowException) as e:
+        parquet_error(path, e)
+
+
+def fineweb(paths, split):
+    """FineWeb-Edu as nanochat reads it: the last shard is val, the shards before it train."""
+    pa, shards = import_pyarrow(), paths["url"]
+    if split == "train":  # every footer first: a broken val shard stops before train.bin is written
+        for path in shards:
+            check_parquet(pa, path)
+    for path in shards[:-1] if split == "train" else shards[-1:]:
+        yield from parquet_texts(pa, path)
 
 
 HF_TINYSTORIES = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/"
@@ -425,6 +524,141 @@ DATASETS = {
                        "https://wikitext.smerity.com/wikitext-103-raw-v1.zip", 191984949,
                        "91c00ae287f0d699e18605c84afc9e45c192bc6b7797ff8837e5474655a33794")},
         read=wikitext, splits=("train", "val", "test")),
+    # Conversations, for fine-tuning a base (chat=True). Dolly: 15k instructions and replies that
+    # Databricks' staff wrote by hand (CC BY-SA 3.0), 13 MB: open and closed questions,
+    # summaries, brainstorms, most replies a few sentences of plain English, which a small model
+    # can learn the shape of. (Alpaca is machine-written and non-commercial; OpenAssistant's
+    # trees and SmolTalk's size are more than a laptop's first fine-tune needs.) Size and hash
+    # unknown: Content-Length is checked.
+    "dolly-chat": dict(
+        files={"url": ("databricks-dolly-15k.jsonl",
+                       "https://huggingface.co/datasets/databricks/databricks-dolly-15k/resolve/"
+                       "main/databricks-dolly-15k.jsonl", None, None)},
+        read=dolly, splits=("train", "val"), chat=True),
+    # FineWeb-Edu (Hugging Face's educational web pages, sample-100BT) as nanochat distributes it,
+    # shuffled into 1,823 parquet shards of ~250M characters (~100 MB, zstd) in row groups of 1,024
+    # documents, one "text" column; nanochat pins the last shard as val. shards=N: the file is a
+    # pattern, downloaded for the first --shards indices and the last. Size and hash unknown:
+    # Content-Length is checked.
+    "fineweb-edu": dict(
+        files={"url": ("shard_{index:05d}.parquet",
+                       "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/"
+                       "main/shard_{index:05d}.parquet", None, None)},
+        read=fineweb, splits=("train", "val"), shards=1823),
 }
 VOCAB_SIZES = {"pystdlib": 4096, "tinyshakespeare": 1024, "tinystories": 4096,
-               "wikitext103": 8192}  # prepare's default
+               "wikitext103": 8192, "fineweb-edu": 32768}  # prepare's default
+
+
+# ----------------------------------------------------------------------------- pystdlib-chat
+
+# not imported: they act when imported (a browser, a poem), open windows or change the terminal,
+# are another module under their own name (os.path is posixpath; os holds posix's functions;
+# setuptools stands in for distutils), or are deprecated but imported by another deprecated one
+# (aifc, asynchat) before they could warn
+STDLIB_CHAT_SKIP = STDLIB_SKIP | {"antigravity", "this", "idlelib", "tkinter", "turtle",
+                                  "turtledemo", "readline", "rlcompleter", "encodings",
+                                  "genericpath", "posixpath", "ntpath", "posix", "nt", "distutils",
+                                  "asyncore", "chunk"}
+SYSTEM = "You answer questions about the Python standard library, briefly."
+
+
+def stdlib_modules():
+    """{name: module}, sorted by name: the standard library's public modules and their public
+    submodules that import quietly here (no error, warning or output: deprecated ones warn), with
+    os.path (posixpath) under that name. Imported in order of name: what warns can depend on what
+    was imported before."""
+    names = [n for n in sys.stdlib_module_names if not n.startswith("_")] + ["os.path"]
+    todo, found = sorted(names, reverse=True), {}
+    while todo:
+        name = todo.pop()
+        if name.rsplit(".", 1)[-1] in STDLIB_CHAT_SKIP or name in found:
+            continue
+        out = io.StringIO()
+        with (warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(out),
+              contextlib.redirect_stderr(out)):
+            warnings.simplefilter("always")
+            try:
+                module = importlib.import_module(name)
+            except Exception:  # ImportError, or e.g. ctypes.wintypes' ValueError off Windows
+                continue
+        if not caught and not out.getvalue():
+            found[name] = module
+            todo += sorted((f"{name}.{m.name}" for m in pkgutil.iter_modules(
+                getattr(module, "__path__", [])) if not m.name.startswith(("_", "test"))),
+                reverse=True)
+    return dict(sorted(found.items()))
+
+
+def stdlib_api(modules):
+    """{module name: [(name, object)]}: each public function and class once, by its own name (not
+    an alias: array.array, not array.ArrayType), under the first module that defined it or lists it
+    in __all__ from a module not listed (os.getcwd from posix), then its methods if a class."""
+    listed, seen, api = {m.__name__ for m in modules.values()}, set(), {}
+    for name, module in modules.items():
+        api[name], exports = [], getattr(module, "__all__", ())
+        for attr in exports or vars(module):
+            obj = getattr(module, attr, None)
+            home, own = getattr(obj, "__module__", None), getattr(obj, "__name__", attr)
+            if ((inspect.isclass(obj) or inspect.isroutine(obj)) and attr[0] != "_"
+                    and id(obj) not in seen
+                    and (own == attr or getattr(module, own, None) is not obj)
+                    and (home == module.__name__ or attr in exports and home not in listed)):
+                seen.add(id(obj))
+                api[name].append((attr, obj))
+                if inspect.isclass(obj):
+                    api[name] += [(f"{attr}.{k}", v) for k, v in vars(obj).items()
+                                  if k[0] != "_" and inspect.isroutine(v)]
+    return api
+
+
+def first_paragraph(doc, limit=300):
+    """A docstring's first paragraph on one line, less a leading signature ("sleep(seconds)"),
+    cut after its last full sentence within limit characters; None if there is none."""
+    for para in inspect.cleandoc(doc).split("\n\n") if isinstance(doc, str) else []:
+        para = " ".join(para.split())
+        if para and not re.fullmatch(r"[\w.]+\(.*\)( -> .*)?", para):
+            cut = para.rfind(". ", 0, limit)
+            return para if len(para) <= limit else para[:cut + 1] if cut > 0 else None
+    return None
+
+
+def signature_text(obj, limit=120):
+    try:
+        text = str(inspect.signature(obj))
+    except Exception:  # none (ValueError), or a C signature naming what is not there (curses)
+        return None
+    # a default shown as <...> may hold an address or this process's state (sys.stdout)
+    return text if len(text) <= limit and "<" not in text else None
+
+
+def stdlib_chats(modules, val_every=20):
+    """Yield (split, messages): questions on the standard library, answered from its own docstrings
+    and signatures. Every val_every-th module (by name) is val, with all the questions on it. One
+    conversation in five has a system prompt; a module's every fourth conversation, where it can,
+    asks what a function does and then what arguments "it" takes: two turns."""
+    # builtins, os and os.path (what people ask about most) stay in train
+    rest = [name for name in modules if name not in ("builtins", "os", "os.path")]
+    api, val, n = stdlib_api(modules), set(rest[val_every - 1::val_every]), 0
+    unique = collections.Counter(attr for objects in api.values() for attr, _ in objects)
+    for name, module in modules.items():
+        talks = [[(f"What does the `{name}` module do?", about)]
+                 if (about := first_paragraph(module.__doc__)) else []]
+        for attr, obj in api[name]:
+            shown = attr if name == "builtins" else f"{name}.{attr}"
+            does, args = first_paragraph(obj.__doc__), signature_text(obj)
+            does = does and (f"What does `{shown}` do?", does)
+            args = args and (f"What arguments does `{shown}` take?", f"`{shown}{args}`")
+            if does and args and len(talks) % 4 == 0:
+                talks.append([does, ("What arguments does it take?", args[1])])
+            else:
+                talks += [[qa] for qa in (does, args) if qa]
+            if name != "builtins" and "." not in attr and unique[attr] == 1:
+                talks.append([(f"Which module is `{attr}` in?",
+                               f"`{attr}` is in the `{name}` module: `{shown}`.")])
+        for talk in filter(None, talks):
+            n += 1
+            yield "val" if name in val else "train", (
+                [{"role": "system", "content": SYSTEM}] * (n % 5 == 0)
+                + [{"role": role, "content": text} for qa in talk
+                   for role, text in zip(("user", "assistant"), qa)])

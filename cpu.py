@@ -223,15 +223,17 @@ def attention(q, k, v, scale, mask=None):
 
 
 class Workers:
-    """Each batch split over n worker threads, a share of the cores each, for the loss and its
-    gradients.
+    """nn.value_and_grad(model, loss_fn) with each batch split over n worker threads, a share of
+    the cores each: workers(model, *batch) -> (loss, gradients), and workers.loss(model, *batch).
 
     Each thread has its own MLX stream (streams belong to the thread that made them) and its own
     copy of the model's structure, made by make_model, holding the main model's weight arrays (no
     copies: they are handed over before every call); OpenBLAS splits the cores between the threads.
+    The shares are rows share, share + n, ... of the batch; the results are their means, weighed
+    by their sizes.
     """
 
-    def __init__(self, model, make_model, loss_fn, n, compile):
+    def __init__(self, model, loss_fn, make_model, n, compile):
         self.model, self.n, self.queues, self.replicas = model, n, [], []
         for share in range(n):
             jobs, results = queue.Queue(), queue.Queue()
@@ -245,34 +247,38 @@ class Workers:
 
     def _work(self, share, replica, loss_fn, compile, jobs, results):
         loss_and_grad = nn.value_and_grad(replica, loss_fn)
-        def step(x, y):
-            return loss_and_grad(replica, x, y)
+        def step(*batch):
+            return loss_and_grad(replica, *batch)
         if compile:
             step = mx.compile(step, inputs=replica.state, outputs=replica.state)
         with mx.stream(mx.new_stream(mx.cpu)):
-            for grads, x, y in iter(jobs.get, None):
+            for grads, batch in iter(jobs.get, None):
                 try:
                     # the main thread waits meanwhile: these are current
                     replica.update(self.model.parameters())
                     # sliced here: this thread cannot run the main one's ops
-                    x, y = x[share::self.n], y[share::self.n]
-                    out = step(x, y) if grads else loss_fn(replica, x, y)
+                    batch = [b[share::self.n] for b in batch]
+                    out = step(*batch) if grads else loss_fn(replica, *batch)
                     mx.eval(out)
                     results.put(out)
                 except BaseException as e:  # handed to the main thread, which raises it
                     results.put(e)
 
-    def _run(self, grads, x, y):
-        for jobs, _ in self.queues:
-            jobs.put((grads, x, y))
-        outs = [results.get() for _, results in self.queues]
+    def _run(self, grads, batch):  # batch: loss_fn's arrays after the model, split on axis 0
+        rows = len(batch[0])
+        sizes = [len(range(share, rows, self.n)) for share in range(self.n)]
+        busy = [q for q, size in zip(self.queues, sizes) if size]  # a small batch leaves some idle
+        for jobs, _ in busy:
+            jobs.put((grads, batch))
+        outs = [results.get() for _, results in busy]
         for out in outs:
             if isinstance(out, BaseException):
                 raise out
-        return utils.tree_map(lambda *shares: sum(shares) / self.n, *outs)
+        weights = [size / rows for size in sizes if size]
+        return utils.tree_map(lambda *shares: sum(s * w for s, w in zip(shares, weights)), *outs)
 
-    def forward_backward(self, x, y):  # -> (mean loss, mean gradients)
-        return self._run(True, x, y)
+    def __call__(self, model, *batch):  # model: self.model, as nn.value_and_grad's function takes
+        return self._run(True, batch)
 
-    def forward(self, x, y):  # -> the mean loss
-        return self._run(False, x, y)
+    def loss(self, model, *batch):  # loss_fn's call, on the worker threads
+        return self._run(False, batch)

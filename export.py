@@ -5,8 +5,8 @@ tokenizer files that Hugging Face transformers and mlx-lm read beside tokenizer.
 Reads out_dir/{config.json, model.safetensors, tokenizer.model} (ours, or any plain Hugging Face
 llama folder); writes out_dir/model.gguf (or gguf_path) and out_dir/{tokenizer.json,
 tokenizer_config.json, special_tokens_map.json, generation_config.json}. train.py writes the
-tokenizer files with every checkpoint (files.hf_tokenizer_files), so only llama.cpp needs this
-script; run it on older checkpoints to add them.
+tokenizer files with every checkpoint (hf_tokenizer.py), so only llama.cpp needs this script; run
+it on older checkpoints to add them.
 
     python export.py --out_dir=out                    # out/model.gguf, float32
     python export.py --out_dir=out --dtype=float16 --gguf_path=mini.gguf
@@ -22,6 +22,7 @@ import sentencepiece as spm
 
 from model import load_model  # first: model.py loads cpu.py, which must come before mlx.core
 import files
+import hf_tokenizer
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
@@ -51,7 +52,7 @@ if not os.path.isfile(tokenizer_path):
     sys.exit(f"error: {out_dir!r} has no tokenizer.model, which the GGUF file must include")
 sp = spm.SentencePieceProcessor(model_file=tokenizer_path)
 try:
-    files.check_normalization(sp, "llama.cpp")
+    hf_tokenizer.check_normalization(sp, "llama.cpp")
 except ValueError as e:
     sys.exit(f"error: {e}")
 if sp.vocab_size() > args.vocab_size:
@@ -114,7 +115,7 @@ if sp.eos_id() >= 0:
 w.add_unk_token_id(sp.unk_id())
 w.add_add_bos_token(True)
 w.add_add_eos_token(False)
-w.add_add_space_prefix(files.adds_dummy_prefix(sp))
+w.add_add_space_prefix(hf_tokenizer.adds_dummy_prefix(sp))
 
 # the weights, under llama.cpp's names and in its RoPE layout --------------------------------------
 for name, t in tree_flatten(model.parameters()):
@@ -144,7 +145,7 @@ print(f"wrote {path} ({os.path.getsize(path) / 1e6:.1f} MB, {dtype})")
 
 if hf_files:
     try:
-        for name, blob in files.hf_tokenizer_files(tokenizer_path, args.max_seq_len).items():
+        for name, blob in hf_tokenizer.hf_tokenizer_files(tokenizer_path, args.max_seq_len).items():
             files.write_atomic(os.path.join(out_dir, name), blob)
     except ValueError as e:
         sys.exit(f"error: {e}")

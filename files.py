@@ -5,9 +5,14 @@ good state.
 Token files (prepare.py writes them, train.py reads them): a 128-byte little-endian header, then the
 tokens as uint16 (uint32 if vocab_size > 65536), readable with np.memmap(path, dtype, offset=128).
     magic b"MLLAMATK" | version u32 | itemsize u32 | vocab_size u64 | n_tokens u64 |
-    n_bytes u64 | sha256 (32 B)
-n_bytes is the UTF-8 size of the text the tokens stand for (BOS/EOS count 0), so bits per byte =
-loss / ln 2 * n_tokens / n_bytes; sha256 is the tokenizer.model's. read_tokens() is the one reader.
+    n_bytes u64 | sha256 (32 B) | kind u32 | n_loss_tokens u64 | zeros to 128 B
+kind 0 is text (documents; what every file had before there were kinds, its bytes being zero),
+1 is chat (conversations): after the tokens comes one uint8 of flags a token, LOSS (1) where the
+loss is on the token (a reply's, or the EOS that ends it) and START (2) on the BOS that starts a
+conversation; n_loss_tokens counts the LOSS ones. n_bytes is the UTF-8 size of the text the loss
+tokens stand for (BOS/EOS count 0; in a text file every token is one), so bits per byte =
+loss / ln 2 * n_loss_tokens / n_bytes; sha256 is the tokenizer.model's. read_tokens() is the one
+reader.
 
 Checkpoint folders (train.py writes them; generate.py, export.py, mlx-lm and transformers read
 them): plain files at the top of the folder. A new checkpoint is written whole into
@@ -27,12 +32,17 @@ import struct
 import sys
 
 import numpy as np
-import sentencepiece as spm
+
+import hf_tokenizer
+from errors import Error
+
 
 MAGIC = b"MLLAMATK"
 VERSION = 1
-# magic, version, itemsize, vocab_size, n_tokens, n_bytes, tokenizer sha256
-HEADER = struct.Struct("<8sIIQQQ32s")
+# magic, version, itemsize, vocab_size, n_tokens, n_bytes, tokenizer sha256, kind, n_loss_tokens
+HEADER = struct.Struct("<8sIIQQQ32sIQ")
+KINDS = ("text", "chat")  # a token file's kind, by its number in the header
+LOSS, START = 1, 2  # a chat file's flag bits: the loss is on this token; it starts a conversation
 HEADER_SIZE = 128  # room to grow the header without moving the tokens
 SAVING = ".saving"  # where a checkpoint is written before it is moved into place
 COMPLETE = ".complete"  # in .saving/: every file of the set is on disk
@@ -105,38 +115,50 @@ def token_dtype(itemsize):
     return np.dtype("<u2" if itemsize == 2 else "<u4")
 
 
-def write_tokens(path, chunks, vocab_size, n_bytes, tokenizer_sha256):
+def write_tokens(path, chunks, vocab_size, n_bytes, tokenizer_sha256, chat=False):
     """Stream 1-D integer arrays into token file `path`; returns the token count.
 
     n_bytes is the text size the tokens stand for; pass None when it is only known while streaming,
-    and let `chunks` yield (tokens, n_bytes) pairs instead. Tokens go to a temporary file whose
-    header stays zero until the end, and it is renamed into place only when complete, so a crash
-    never leaves a file that looks valid.
+    and let `chunks` yield (tokens, n_bytes) pairs instead. A chat file's chunks are (tokens,
+    flags, n_bytes) triples, flags a uint8 a token (LOSS, START); chat sets are small, so the flags
+    wait in memory until they follow the tokens. Tokens go to a temporary file whose header stays
+    zero until the end, and it is renamed into place only when complete, so a crash never leaves a
+    file that looks valid.
     """
     dtype = token_dtype(2 if vocab_size <= 1 << 16 else 4)
-    n_tokens, total_bytes = 0, 0
+    n_tokens, total_bytes, flags = 0, 0, []
     with replaced_atomically(path) as tmp, open(tmp, "wb") as f:
         f.write(bytes(HEADER_SIZE))
         for chunk in chunks:
-            if n_bytes is None:
+            chunk_bytes = 0
+            if chat:
+                chunk, chunk_flags, chunk_bytes = chunk
+                flags.append(np.asarray(chunk_flags, np.uint8))
+                if flags[-1].shape != np.shape(chunk):
+                    raise ValueError(f"{flags[-1].size} flags for {np.size(chunk)} tokens")
+            elif n_bytes is None:
                 chunk, chunk_bytes = chunk
-                total_bytes += chunk_bytes
+            total_bytes += chunk_bytes
             chunk = np.asarray(chunk)
             if chunk.size and (chunk.min() < 0 or chunk.max() >= vocab_size):
                 raise ValueError(f"token ids must be in [0, {vocab_size}), "
                                  f"got {chunk.min()}..{chunk.max()}")
             f.write(chunk.astype(dtype).tobytes())
             n_tokens += chunk.size
-        n_bytes = total_bytes if n_bytes is None else n_bytes
+        for part in flags:
+            f.write(part.tobytes())
+        n_loss = sum(int(np.count_nonzero(part & LOSS)) for part in flags)
+        n_bytes = total_bytes if chat or n_bytes is None else n_bytes
         f.seek(0)
         f.write(HEADER.pack(MAGIC, VERSION, dtype.itemsize, vocab_size, n_tokens, n_bytes,
-                            bytes.fromhex(tokenizer_sha256)))
+                            bytes.fromhex(tokenizer_sha256), int(chat), n_loss))
     return n_tokens
 
 
 def read_tokens(path, tokenizer_path=None):
     """Map a token file read-only: returns (tokens, info) with info's vocab_size, n_tokens,
-    n_bytes, tokenizer_sha256.
+    n_bytes, tokenizer_sha256, itemsize, kind ("text" or "chat"), n_loss_tokens (a text file's:
+    n_tokens) and mask (a chat file's flags a token, read-only; None for text).
 
     Checks the header, the file size and, given tokenizer_path, that the tokens were made with that
     tokenizer; anything wrong ends the program with a one-line error that says how to fix it.
@@ -144,32 +166,39 @@ def read_tokens(path, tokenizer_path=None):
     name = os.path.basename(os.path.dirname(os.path.abspath(path)))
     fix = f"run `python prepare.py --dataset={name}` (plus the same --input if it is your own text)"
     if not os.path.isfile(path):
-        sys.exit(f"error: token file {path} not found; {fix} first")
+        raise Error(f"token file {path} not found; {fix} first")
     with open(path, "rb") as f:
         head = f.read(HEADER_SIZE)
     if len(head) < HEADER_SIZE or not head.startswith(MAGIC):
-        sys.exit(f"error: {path} is not a token file (no {MAGIC.decode()} header); "
-                 f"{fix} to make one")
-    _, version, itemsize, vocab, n_tokens, n_bytes, sha = HEADER.unpack_from(head)
-    if version != VERSION or itemsize not in (2, 4):
-        sys.exit(f"error: {path} is token-file version {version} (itemsize {itemsize}), "
-                 f"this code reads version {VERSION}; {fix} again")
-    size, expected = os.path.getsize(path), HEADER_SIZE + n_tokens * itemsize
+        raise Error(f"{path} is not a token file (no {MAGIC.decode()} header); "
+                    f"{fix} to make one")
+    _, version, itemsize, vocab, n_tokens, n_bytes, sha, kind, n_loss = HEADER.unpack_from(head)
+    if version != VERSION or itemsize not in (2, 4) or kind >= len(KINDS):
+        raise Error(f"{path} is token-file version {version} (itemsize {itemsize}, kind "
+                    f"{kind}), this code reads version {VERSION} of kinds 0-{len(KINDS) - 1}; "
+                    f"{fix} again")
+    chat = KINDS[kind] == "chat"
+    size, expected = os.path.getsize(path), HEADER_SIZE + n_tokens * (itemsize + chat)
     if size != expected:
-        sys.exit(f"error: {path} is truncated or damaged ({size} bytes, its header promises "
-                 f"{expected}); {fix} again")
+        raise Error(f"{path} is truncated or damaged ({size} bytes, its header promises "
+                    f"{expected}); {fix} again")
     info = dict(vocab_size=vocab, n_tokens=n_tokens, n_bytes=n_bytes, tokenizer_sha256=sha.hex(),
-                itemsize=itemsize)
+                itemsize=itemsize, kind=KINDS[kind], n_loss_tokens=n_loss if chat else n_tokens,
+                mask=None)
     if tokenizer_path is not None:
         if not os.path.isfile(tokenizer_path):
-            sys.exit(f"error: tokenizer {tokenizer_path} not found; {fix}")
+            raise Error(f"tokenizer {tokenizer_path} not found; {fix}")
         if (actual := sha256_file(tokenizer_path)) != info["tokenizer_sha256"]:
-            sys.exit(f"error: {path} was made with a different tokenizer than {tokenizer_path} "
-                     f"(sha256 {info['tokenizer_sha256'][:12]}... vs {actual[:12]}...); "
-                     f"{fix} so they match")
+            raise Error(f"{path} was made with a different tokenizer than {tokenizer_path} "
+                        f"(sha256 {info['tokenizer_sha256'][:12]}... vs {actual[:12]}...); "
+                        f"{fix} so they match")
     dtype = token_dtype(itemsize)
     if n_tokens == 0:  # mmap refuses an empty range
+        info["mask"] = np.zeros(0, np.uint8) if chat else None
         return np.zeros(0, dtype), info
+    if chat:
+        info["mask"] = np.memmap(path, np.uint8, mode="r", offset=HEADER_SIZE + n_tokens * itemsize,
+                                 shape=(n_tokens,))
     return np.memmap(path, dtype, mode="r", offset=HEADER_SIZE, shape=(n_tokens,)), info
 
 
@@ -245,16 +274,16 @@ class RunFolder:
             fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             self.lock.seek(0)
-            sys.exit(f"error: {path}/ is in use by another train.py "
-                     f"(process {self.lock.read().strip()}); "
-                     f"wait for it to end, or train into another --out_dir")
+            raise Error(f"{path}/ is in use by another train.py "
+                        f"(process {self.lock.read().strip()}); "
+                        f"wait for it to end, or train into another --out_dir")
         if resume:
             finish_checkpoint(path)
         elif (os.path.exists(os.path.join(path, "config.json"))
               or os.path.isdir(os.path.join(path, SAVING))):
-            sys.exit(f"error: {path}/ already holds a checkpoint, which a new run would replace; "
-                     f"continue it with --init_from=resume, or train into another --out_dir "
-                     f"(or delete {path}/ to start over)")
+            raise Error(f"{path}/ already holds a checkpoint, which a new run would replace; "
+                        f"continue it with --init_from=resume, or train into another --out_dir "
+                        f"(or delete {path}/ to start over)")
         self.lock.truncate(0)  # who holds it, for the message above
         self.lock.write(f"{os.getpid()}\n")
         self.lock.flush()
@@ -279,11 +308,11 @@ class RunFolder:
     def records(self):
         return log_records(self.log_path)[0]
 
-    def save(self, it, config, weights, optimizer_state, tokenizer_path):
+    def save(self, it, config, weights, optimizer_state, tokenizer_path, chat_template=None):
         """Iteration it's checkpoint: config.json (the model's config, plus train_settings and
         train_state), weights and optimizer state as safetensors whose metadata names the
         iteration, the tokenizer.model, and the tokenizer files that transformers and mlx-lm read
-        beside it."""
+        beside it (with the chat template of a model fine-tuned on conversations)."""
         import mlx.core as mx  # here only: prepare.py uses this module without MLX
 
         def safetensors(arrays):
@@ -294,8 +323,8 @@ class RunFolder:
             return write
         if self.hf_files is None:
             try:
-                self.hf_files = hf_tokenizer_files(tokenizer_path,
-                                                   config["max_position_embeddings"])
+                self.hf_files = hf_tokenizer.hf_tokenizer_files(
+                    tokenizer_path, config["max_position_embeddings"], chat_template)
             except (ValueError, RuntimeError) as e:
                 # a tokenizer they cannot read; ours is still whole
                 self.hf_files = {}
@@ -329,7 +358,7 @@ class RunFolder:
                     f"then resume with python train.py --init_from=resume")
         else:
             kept = "no checkpoint was saved yet"
-        sys.exit(f"error: {what} could not be written: {disk_full_hint(e, self.path)}; {kept}")
+        raise Error(f"{what} could not be written: {disk_full_hint(e, self.path)}; {kept}")
 
 
 def read_resume(path, config, optimizer):
@@ -339,22 +368,22 @@ def read_resume(path, config, optimizer):
     import mlx.core as mx
     weights_only = f"start from the weights alone with --init_from={path} --out_dir=<a new folder>"
     if "train_state" not in config:
-        sys.exit(f"error: {path} is not a checkpoint of train.py (no training state to resume); "
-                 f"{weights_only}")
+        raise Error(f"{path} is not a checkpoint of train.py (no training state to resume); "
+                    f"{weights_only}")
     for name in (OPTIMIZER, "tokenizer.model"):
         if not os.path.isfile(os.path.join(path, name)):
-            sys.exit(f"error: {path}/{name} is missing, and resuming needs it; "
-                     f"copy it back from where it went, or {weights_only}")
+            raise Error(f"{path}/{name} is missing, and resuming needs it; "
+                        f"copy it back from where it went, or {weights_only}")
     state, saved = config["train_state"], config["train_settings"]
     if saved.get("optimizer", "adamw") != optimizer:
-        sys.exit(f"error: {path}/{OPTIMIZER} holds {saved.get('optimizer', 'adamw')}'s state, not "
-                 f"{optimizer}'s; resume with --optimizer={saved.get('optimizer', 'adamw')}, or "
-                 f"{weights_only}")
+        raise Error(f"{path}/{OPTIMIZER} holds {saved.get('optimizer', 'adamw')}'s state, not "
+                    f"{optimizer}'s; resume with --optimizer={saved.get('optimizer', 'adamw')}, or "
+                    f"{weights_only}")
     arrays, meta = mx.load(os.path.join(path, OPTIMIZER), return_metadata=True)
     if meta.get("iter") != str(state["iter"]):
-        sys.exit(f"error: {path}/{OPTIMIZER} is from iteration {meta.get('iter')}, "
-                 f"config.json from {state['iter']}: files of two checkpoints were mixed by hand; "
-                 f"put back the matching pair")
+        raise Error(f"{path}/{OPTIMIZER} is from iteration {meta.get('iter')}, config.json "
+                    f"from {state['iter']}: files of two checkpoints were mixed by hand; put back "
+                    f"the matching pair")
     return state, saved, arrays
 
 
@@ -375,131 +404,24 @@ def log_records(path, until=None):
     return records, end
 
 
-# -------------------------------------------------------------------- the tokenizer for other tools
-
-def check_normalization(sp, tool):
-    # SentencePiece may rewrite text before splitting it (NFKC, collapsing spaces); the tokenizers
-    # written here only add the dummy-prefix space and escape spaces as "▁", which is
-    # SentencePiece's "identity" rule with remove_extra_whitespaces=False, the rule prepare.py
-    # trains with (code needs its spaces and symbols as they are).
-    probe = "a  b\tﬁ① "
-    if sp.normalize(probe).lstrip("▁") != probe.replace(" ", "▁"):
-        raise ValueError(f"this tokenizer.model normalizes text "
-                         f"(normalize({probe!r}) = {sp.normalize(probe)!r}), "
-                         f"which {tool} would not reproduce; "
-                         f"train it with normalization_rule_name='identity' and "
-                         f"remove_extra_whitespaces=False")
-
-
-# whether SentencePiece puts a space in front of every text, as Llama 2's tokenizer does
-def adds_dummy_prefix(sp):
-    return sp.normalize("a").startswith("▁")
-
-
-def hf_tokenizer_json(sp):
-    """A SentencePiece BPE model as a Hugging Face `tokenizers` tokenizer.json: the pipeline of
-    Llama 2's own tokenizer.json (transformers' LlamaConverter, legacy mode): "▁" in front if
-    SentencePiece adds a dummy prefix, spaces to "▁", BPE with byte fallback, <s> first."""
-    n = sp.vocab_size()
-    vocab = {sp.id_to_piece(i): i for i in range(n)}
-    normal = {p for p, i in vocab.items()
-              if not (sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i))}
-    # SentencePiece's BPE merges the adjacent pair whose union is the highest-scoring piece, and its
-    # pieces are stored best score first, so a merge's rank is the id of the piece it makes; pairs
-    # that make the same piece are ordered by the ids of their parts (as transformers'
-    # generate_merges does).
-    merges = []
-    for piece, i in vocab.items():
-        if piece in normal and len(piece) > 1:
-            pairs = [(piece[:k], piece[k:]) for k in range(1, len(piece))
-                     if piece[:k] in normal and piece[k:] in normal]
-            merges += sorted(pairs, key=lambda lr: (vocab[lr[0]], vocab[lr[1]]))
-    specials = [i for i in range(n) if sp.is_control(i) or sp.is_unknown(i)]
-    bos = sp.id_to_piece(sp.bos_id())
-    prefix = adds_dummy_prefix(sp)
-    replace = {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}
-    decoders = ([{"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
-                 {"type": "ByteFallback"}, {"type": "Fuse"}]
-                + ([{"type": "Strip", "content": " ", "start": 1, "stop": 0}] if prefix else []))
-    return {
-        "version": "1.0", "truncation": None, "padding": None,
-        "added_tokens": [{"id": i, "content": sp.id_to_piece(i), "single_word": False,
-                          "lstrip": False, "rstrip": False, "normalized": False, "special": True}
-                         for i in specials],
-        "normalizer": {"type": "Sequence",
-                       "normalizers": ([{"type": "Prepend", "prepend": "▁"}] if prefix else [])
-                       + [replace]},
-        "pre_tokenizer": None,
-        "post_processor": {
-            "type": "TemplateProcessing",
-            "single": [{"SpecialToken": {"id": bos, "type_id": 0}},
-                       {"Sequence": {"id": "A", "type_id": 0}}],
-            "pair": [{"SpecialToken": {"id": bos, "type_id": 0}},
-                     {"Sequence": {"id": "A", "type_id": 0}},
-                     {"SpecialToken": {"id": bos, "type_id": 1}},
-                     {"Sequence": {"id": "B", "type_id": 1}}],
-            "special_tokens": {bos: {"id": bos, "ids": [sp.bos_id()], "tokens": [bos]}},
-        },
-        "decoder": {"type": "Sequence", "decoders": decoders},
-        "model": {"type": "BPE", "dropout": None, "unk_token": sp.id_to_piece(sp.unk_id()),
-                  "continuing_subword_prefix": None, "end_of_word_suffix": None, "fuse_unk": True,
-                  "byte_fallback": True, "ignore_merges": False, "vocab": vocab,
-                  "merges": [list(m) for m in merges]},
-    }
-
-
-def hf_tokenizer_files(tokenizer_model, model_max_length=None):
-    """{name: bytes} of the files that transformers' AutoTokenizer and mlx-lm read beside
-    tokenizer.model, made from the SentencePiece model alone (no transformers needed):
-    tokenizer.json, tokenizer_config.json, special_tokens_map.json and generation_config.json.
-    Raises ValueError for a tokenizer they cannot reproduce."""
-    sp = spm.SentencePieceProcessor(model_file=tokenizer_model)
-    check_normalization(sp, "transformers")
-    if sp.bos_id() < 0:
-        raise ValueError("the tokenizer.model has no BOS token (<s>), "
-                         "which the model's text starts with")
-    special = {"bos_token": sp.id_to_piece(sp.bos_id()), "unk_token": sp.id_to_piece(sp.unk_id())}
-    if sp.eos_id() >= 0:
-        special["eos_token"] = sp.id_to_piece(sp.eos_id())
-    # PreTrainedTokenizerFast runs tokenizer.json exactly as written. transformers 5's
-    # LlamaTokenizer would rebuild the pipeline around the vocabulary and prepend "▁" only when
-    # the text does not already start with a space, so " x" would not encode as SentencePiece
-    # encodes it.
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", **special, "pad_token": None,
-              "add_bos_token": True, "add_eos_token": False, "clean_up_tokenization_spaces": False,
-              "split_special_tokens": True,  # "<s>" typed in the text is text, as in SentencePiece
-              "model_max_length": model_max_length or 1_000_000_000,
-              "added_tokens_decoder": {str(i): {"content": sp.id_to_piece(i), "lstrip": False,
-                                                "normalized": False, "rstrip": False,
-                                                "single_word": False, "special": True}
-                                       for i in range(sp.vocab_size())
-                                       if sp.is_control(i) or sp.is_unknown(i)}}
-    generation = {"bos_token_id": sp.bos_id(),
-                  **({"eos_token_id": sp.eos_id()} if sp.eos_id() >= 0 else {})}
-    files = {"tokenizer.json": hf_tokenizer_json(sp), "tokenizer_config.json": config,
-             "special_tokens_map.json": special, "generation_config.json": generation}
-    return {name: json.dumps(obj, indent=2, ensure_ascii=False).encode("utf-8")
-            for name, obj in files.items()}
-
-
 def read_config(path):
     """A checkpoint folder's config.json as a dict, or a one-line exit that says what is wrong and
     what to do."""
     config_path = os.path.join(path, "config.json")
     # the folder may hold files of two checkpoints
     if os.path.exists(os.path.join(path, SAVING, COMPLETE)):
-        sys.exit(f"error: a save into {path!r} was cut short, and some of its files are not in "
-                 f"place yet; python train.py --init_from=resume --out_dir={path} finishes it "
-                 f"(or wait, if a run is saving)")
+        raise Error(f"a save into {path!r} was cut short, and some of its files are not in "
+                    f"place yet; python train.py --init_from=resume --out_dir={path} finishes it "
+                    f"(or wait, if a run is saving)")
     if not os.path.isfile(config_path):
-        sys.exit(f"error: no checkpoint in {path!r} (config.json missing); "
-                 f"train one first: python train.py")
+        raise Error(f"no checkpoint in {path!r} (config.json missing); "
+                    f"train one first: python train.py")
     try:
         with open(config_path, encoding="utf-8") as f:
             config = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        sys.exit(f"error: {config_path} is not valid JSON ({e.__class__.__name__}: {e}); "
-                 f"it was edited or damaged: restore it from a copy of the folder")
+        raise Error(f"{config_path} is not valid JSON ({e.__class__.__name__}: {e}); "
+                    f"it was edited or damaged: restore it from a copy of the folder")
     if not isinstance(config, dict):
-        sys.exit(f"error: {config_path} holds no JSON object; restore it from a copy of the folder")
+        raise Error(f"{config_path} holds no JSON object; restore it from a copy of the folder")
     return config

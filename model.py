@@ -11,7 +11,6 @@ import glob
 import math
 import os
 import re
-import sys
 import time
 from dataclasses import dataclass, fields
 
@@ -21,6 +20,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map_with_path, tree_unflatten
 
 import files
+from errors import Error
 
 # MLX's fused kernels. On the CPU, where MLX runs them unfused on one thread, cpu.py's versions of
 # the same functions are faster; they give the same values and gradients (tests/test_cpu.py).
@@ -127,19 +127,28 @@ class Attention(nn.Module):
         # load elsewhere.
         self.rope = nn.RoPE(head_dim, traditional=False, base=args.rope_theta)
 
-    def __call__(self, x, cache=None):
+    def project(self, x, offset=0):
         B, L, _ = x.shape
         # q: (B, n_heads, L, hd); k, v: (B, n_kv_heads, L, hd)
         q = self.q_proj(x).reshape(B, L, self.n_heads, -1).transpose(0, 2, 1, 3)
         k = self.k_proj(x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
         v = self.v_proj(x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
-        offset = cache.offset if cache is not None else 0
-        q, k = self.rope(q, offset=offset), self.rope(k, offset=offset)
+        return self.rope(q, offset=offset), self.rope(k, offset=offset), v
+
+    def __call__(self, x, cache=None):
+        B, L, _ = x.shape
+        q, k, v = self.project(x, cache.offset if cache is not None else 0)
         if cache is not None:
             k, v = cache.update(k, v)
         # causal: query i sees keys up to it
         out = attention(q, k, v, scale=self.scale, mask="causal" if L > 1 else None)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
+
+    def weights(self, x):  # -> (B, n_heads, L, L): how much each query takes from each key
+        q, k, _ = self.project(x)
+        k = mx.repeat(k, self.n_heads // self.n_kv_heads, axis=1)  # each query head's kv head
+        seen = mx.tril(mx.ones((x.shape[1], x.shape[1]), mx.bool_))
+        return mx.softmax(mx.where(seen, (q * self.scale) @ k.swapaxes(-1, -2), -mx.inf), axis=-1)
 
 
 class MLP(nn.Module):
@@ -231,6 +240,13 @@ class Model(nn.Module):
             lambda path, w: w if path == "model.embed_tokens.weight" else w.astype(dtype),
             self.parameters())
 
+    def attention_weights(self, tokens):  # (1, L) -> (n_layers, n_heads, L, L), for a picture
+        h, maps = self.model.embed_tokens(tokens).astype(self.model.norm.weight.dtype), []
+        for layer in self.model.layers:
+            maps.append(layer.self_attn.weights(layer.input_layernorm(h))[0])
+            h = layer(h)
+        return mx.stack(maps)
+
     def set_training(self, dropout=0.0, grad_checkpoint=False):
         """Dropout on the embedding's output and each residual branch (in training mode only), and
         grad_checkpoint: keep only each block's input, recomputing the rest in the backward pass."""
@@ -276,34 +292,34 @@ def load_model(path):
     rope_scaling = (config.get("rope_scaling")
                     or (config.get("rope_parameters") or {}).get("rope_type", "default"))
     if config.get("model_type") != "llama" or rope_scaling != "default":
-        sys.exit(f"error: {config_path} is not a plain llama model "
-                 f"(model_type={config.get('model_type')!r}, rope scaling {rope_scaling!r}); "
-                 f"only LLaMA-2 style checkpoints load here")
+        raise Error(f"{config_path} is not a plain llama model "
+                    f"(model_type={config.get('model_type')!r}, rope scaling {rope_scaling!r}); "
+                    f"only LLaMA-2 style checkpoints load here")
     try:
         args = ModelArgs.from_config(config)
     except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
-        sys.exit(f"error: {config_path} does not describe a model ({e.__class__.__name__}: {e}); "
-                 f"restore it from a copy of the folder")
+        raise Error(f"{config_path} does not describe a model ({e.__class__.__name__}: {e}); "
+                    f"restore it from a copy of the folder")
     if config.get("head_dim", args.dim // args.n_heads) != args.dim // args.n_heads:
-        sys.exit(f"error: {config_path} has head_dim {config['head_dim']}, not hidden_size / "
-                 f"num_attention_heads; only LLaMA-2 style checkpoints load here")
+        raise Error(f"{config_path} has head_dim {config['head_dim']}, not hidden_size / "
+                    f"num_attention_heads; only LLaMA-2 style checkpoints load here")
     model = Model(args)
     weights = {}
     # model.safetensors, or Hugging Face's shards
     shards = sorted(glob.glob(os.path.join(path, "model*.safetensors")))
     if not shards:
-        sys.exit(f"error: {path!r} has config.json but no model.safetensors; "
-                 f"copy the weights back into it")
+        raise Error(f"{path!r} has config.json but no model.safetensors; "
+                    f"copy the weights back into it")
     for file in shards:
         try:
             weights.update(mx.load(file))
         except (RuntimeError, ValueError) as e:
-            sys.exit(f"error: {file} cannot be read ({e}); it is damaged: "
-                     f"restore it from a copy of the folder")
+            raise Error(f"{file} cannot be read ({e}); it is damaged: "
+                        f"restore it from a copy of the folder")
     try:  # in the stored dtype: a bfloat16 7B model stays 13 GB (train.py casts to float32)
         model.load_weights(list(model.sanitize(weights).items()))
     except ValueError as e:
-        sys.exit(f"error: the weights in {path!r} do not fit its config.json: {e}")
+        raise Error(f"the weights in {path!r} do not fit its config.json: {e}")
     mx.eval(model.parameters())
     return model, config
 

@@ -57,7 +57,7 @@ def _thin(pts):
     return [(sum(p[0] for p in c) / len(c), sum(p[1] for p in c) / len(c)) for c in chunks]
 
 
-def _ticks(lo, hi, integer=False):
+def ticks(lo, hi, integer=False):
     """Round tick values (1, 2 or 5 times a power of ten apart) covering [lo, hi], and that step."""
     if hi - lo <= 1e-9 * max(abs(lo), abs(hi), 1e-300):  # one value, or all equal: give it room
         pad = abs(lo) * 0.1 or 1.0
@@ -70,12 +70,12 @@ def _ticks(lo, hi, integer=False):
     return [t for t in ticks if math.isfinite(t)], step
 
 
-def _fmt(v, step):
+def fmt(v, step):
     # The decimals the step needs: 3.2 and 3.4, not 3.2000000000000002; 10000, not 1e+04.
     return f"{v:.{max(0, -math.floor(math.log10(step)))}f}" if abs(v) < 1e6 else f"{v:.3g}"
 
 
-def _si(v):  # 1200000 -> 1.2M, 340000 -> 340k
+def si(v):  # 1200000 -> 1.2M, 340000 -> 340k
     for unit in ("", "k", "M", "B"):
         if abs(v) < 999.5:
             return f"{v:.3g}{unit}"
@@ -83,7 +83,7 @@ def _si(v):  # 1200000 -> 1.2M, 340000 -> 340k
     return f"{v:.3g}T"
 
 
-def _text(x, y, s, anchor="middle", cls="label", extra=""):
+def text(x, y, s, anchor="middle", cls="label", extra=""):
     return (f'<text class="{cls}" x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}"{extra}>'
             f'{escape(str(s))}</text>')
 
@@ -105,15 +105,15 @@ def loss_svg(records, tokens_per_iter, title=""):
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" version="1.1" width="{W}" height="{H}" '
            f'viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">',
            f'<rect width="{W}" height="{H}" fill="white"/>',
-           _text(W / 2, 26, " | ".join(head), cls="title", extra=' font-size="15"')]
+           text(W / 2, 26, " | ".join(head), cls="title", extra=' font-size="15"')]
     pts = [p for c in curves.values() for p in c]
     if not pts:
-        return "\n".join(out + [_text(W / 2, H / 2, "no data yet", extra=' fill="#888"'),
+        return "\n".join(out + [text(W / 2, H / 2, "no data yet", extra=' fill="#888"'),
                                 "</svg>\n"])
 
     # x starts at iteration 0, so the chart also shows how far along the run is.
-    xticks = _ticks(min(0, min(x for x, _ in pts)), max(x for x, _ in pts), integer=True)[0]
-    yticks, ystep = _ticks(min(y for _, y in pts), max(y for _, y in pts))
+    xticks = ticks(min(0, min(x for x, _ in pts)), max(x for x, _ in pts), integer=True)[0]
+    yticks, ystep = ticks(min(y for _, y in pts), max(y for _, y in pts))
     x0, x1, y0, y1 = xticks[0], xticks[-1], yticks[0], yticks[-1]
     sx = lambda x: LEFT + (x - x0) / (x1 - x0) * (RIGHT - LEFT)  # noqa: E731
     sy = lambda y: BOTTOM - (y - y0) / (y1 - y0) * (BOTTOM - TOP)  # noqa: E731
@@ -122,28 +122,28 @@ def loss_svg(records, tokens_per_iter, title=""):
     val = CURVES["eval-val"][2]
     for t in yticks:
         out += [f'<line x1="{LEFT}" y1="{sy(t):.1f}" x2="{RIGHT}" y2="{sy(t):.1f}" stroke="#eee"/>',
-                _text(LEFT - 6, sy(t) + 4, _fmt(t, ystep), "end", "y-tick")]
+                text(LEFT - 6, sy(t) + 4, fmt(t, ystep), "end", "y-tick")]
         if k is not None:
-            out.append(_text(RIGHT + 6, sy(t) + 4, f"{t * k:.3g}", "start", "bpb-tick",
+            out.append(text(RIGHT + 6, sy(t) + 4, f"{t * k:.3g}", "start", "bpb-tick",
                              f' fill="{val}"'))
     for t in xticks:
         out += [f'<line x1="{sx(t):.1f}" y1="{TOP}" x2="{sx(t):.1f}" y2="{BOTTOM}" stroke="#eee"/>',
-                _text(sx(t), BOTTOM + 16, _si(t), cls="x-tick")]
+                text(sx(t), BOTTOM + 16, si(t), cls="x-tick")]
         if tokens_per_iter:
-            out.append(_text(sx(t), BOTTOM + 32, _si(t * tokens_per_iter), cls="token-tick",
+            out.append(text(sx(t), BOTTOM + 32, si(t * tokens_per_iter), cls="token-tick",
                              extra=' fill="#666"'))
     # The titles of the two x scales head their rows of labels, like a table.
     out += [f'<polyline points="{LEFT},{TOP} {LEFT},{BOTTOM} {RIGHT},{BOTTOM}" fill="none" '
             'stroke="#333"/>',
-            _text(LEFT - 10, BOTTOM + 16, "iteration", "end", "axis-title")]
+            text(LEFT - 10, BOTTOM + 16, "iteration", "end", "axis-title")]
     if tokens_per_iter:
-        out.append(_text(LEFT - 10, BOTTOM + 32, "tokens", "end", "axis-title", ' fill="#666"'))
+        out.append(text(LEFT - 10, BOTTOM + 32, "tokens", "end", "axis-title", ' fill="#666"'))
     mid = (TOP + BOTTOM) / 2
-    out.append(_text(18, mid, "loss (nats/token)", cls="axis-title",
+    out.append(text(18, mid, "loss (nats/token)", cls="axis-title",
                      extra=f' transform="rotate(-90 18 {mid})"'))
     if k is not None:
         out += [f'<line x1="{RIGHT}" y1="{TOP}" x2="{RIGHT}" y2="{BOTTOM}" stroke="{val}"/>',
-                _text(W - 14, mid, "val bits/byte", cls="axis-title",
+                text(W - 14, mid, "val bits/byte", cls="axis-title",
                       extra=f' fill="{val}" transform="rotate(90 {W - 14} {mid})"')]
 
     ly = TOP + 14
@@ -160,6 +160,39 @@ def loss_svg(records, tokens_per_iter, title=""):
                        for a, b in xy)
         out += [f'<line x1="{RIGHT - 150}" y1="{ly - 4}" x2="{RIGHT - 126}" y2="{ly - 4}" '
                 f'stroke="{colour}" stroke-width="{width + 1}"/>',
-                _text(RIGHT - 120, ly, legend, "start", "legend")]
+                text(RIGHT - 120, ly, legend, "start", "legend")]
         ly += 16
+    return "\n".join(out + ["</svg>\n"])
+
+
+def attention_svg(weights, tokens, title=""):
+    """weights: [layer][head][query][key] (rows sum to 1), tokens: the prompt's pieces as text.
+    Returns an SVG with one square a head, layers down, heads across: row i of a square is token i
+    looking back, darker where it takes more."""
+    n_layers, n_heads, n = len(weights), len(weights[0]), len(tokens)
+    cell = max(2.0, min(14.0, 240 / n))  # a square of at most 240 px a head
+    side, gap, left, top = cell * n, 24, 110, 90
+    width, height = left + n_heads * (side + gap), top + n_layers * (side + gap)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" version="1.1" width="{width:.0f}" '
+           f'height="{height:.0f}" font-family="sans-serif" font-size="{min(cell, 10):.0f}">',
+           f'<rect width="{width:.0f}" height="{height:.0f}" fill="white"/>',
+           text(left, 20, title, "start", "title", ' font-size="15"')]
+    for layer, heads in enumerate(weights):
+        for head, rows in enumerate(heads):
+            x0, y0 = left + head * (side + gap), top + layer * (side + gap)
+            out.append(f'<g class="head" data-layer="{layer}" data-head="{head}">')
+            out += [f'<rect x="{x0 + k * cell:.1f}" y="{y0 + q * cell:.1f}" width="{cell:.1f}" '
+                    f'height="{cell:.1f}" fill="#08519c" fill-opacity="{w:.3f}"/>'
+                    for q, row in enumerate(rows) for k, w in enumerate(row) if w >= 0.005]
+            out += [f'<rect x="{x0}" y="{y0}" width="{side:.1f}" height="{side:.1f}" '
+                    'fill="none" stroke="#999"/>', "</g>"]
+            if layer == 0:
+                out.append(text(x0 + side / 2, top - 58, f"head {head}", cls="head-title"))
+        out.append(text(8, top + layer * (side + gap) - 6, f"layer {layer}", "start",
+                        "layer-title"))
+    if cell >= 6:  # the tokens, where there is room for them: down the first column, across the top
+        for i, piece in enumerate(tokens):
+            out += [text(left - 4, top + (i + 0.8) * cell, piece, "end", "token"),
+                    text(left + (i + 0.8) * cell, top - 4, piece, "start", "token",
+                         f' transform="rotate(-90 {left + (i + 0.8) * cell:.1f} {top - 4})"')]
     return "\n".join(out + ["</svg>\n"])

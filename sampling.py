@@ -60,39 +60,48 @@ def generate(model, tokens, max_tokens=None, stop=None, cache=None, repetition_c
     When the context is full it restarts from its last half: the cache holds positions
     0..max_seq_len-1 with RoPE baked in, so sliding it by one token would mean recomputing the
     whole window for every new token. Given a `cache` (model.make_cache()) that already holds a
-    conversation, `tokens` continue it, and the sample ends where the cache is full.
+    conversation, `tokens` continue it, the sample ends where the cache is full, and on return the
+    cache holds `tokens` and the ids yielded (not the stop token, nor the step queued after it).
     """
     max_seq_len = model.args.max_seq_len
     context = list(tokens)  # any iterable of ids
     end = len(context) + (max_tokens if max_tokens is not None else math.inf)
     penalize = sampling.get("repetition_penalty", 1.0) != 1.0
+    fresh, before = cache is None, cache[0].offset if cache else 0
 
     def last(ids):  # what repetition_penalty looks at
         return ids[-repetition_context:] if repetition_context else ids
 
-    fresh = cache is None
-    while len(context) < end:
-        window = context
-        if fresh:  # a new cache: the context, or its last half once it is full
-            window = context[-max(1, max_seq_len // 2):] if len(context) >= max_seq_len else context
-            cache = model.make_cache()
-        recent = mx.array(last(context)) if penalize else None
-        token = sample(model(mx.array([window]), cache)[0, -1], recent, **sampling)
-        while True:
-            room = cache[0].offset + 1 < max_seq_len and len(context) + 1 < end
-            if room:  # step n + 1, queued before token n is read
-                recent = last(mx.concatenate([recent, token[None]])) if penalize else None
-                queued = sample(model(token.reshape(1, 1), cache)[0, -1], recent, **sampling)
-                mx.async_eval(queued)
-            context.append(token.item())
-            if context[-1] == stop:
+    try:
+        while len(context) < end:
+            window = context
+            if fresh:  # a new cache: the context, or its last half once it is full
+                window = context[-max(1, max_seq_len // 2):] if len(context) >= max_seq_len \
+                    else context
+                cache = model.make_cache()
+            recent = mx.array(last(context)) if penalize else None
+            token = sample(model(mx.array([window]), cache)[0, -1], recent, **sampling)
+            while True:
+                room = cache[0].offset + 1 < max_seq_len and len(context) + 1 < end
+                if room:  # step n + 1, queued before token n is read
+                    recent = last(mx.concatenate([recent, token[None]])) if penalize else None
+                    queued = sample(model(token.reshape(1, 1), cache)[0, -1], recent, **sampling)
+                    mx.async_eval(queued)
+                if token.item() == stop:
+                    return
+                context.append(token.item())
+                yield context[-1]
+                if not room:
+                    break
+                token = queued
+            if not fresh:
                 return
-            yield context[-1]
-            if not room:
-                break
-            token = queued
-        if not fresh:
-            return
+    finally:
+        held = before + len(context)  # what the cache holds on return, if it was given
+        if not fresh and cache[0].offset < held:
+            model(mx.array([context[-1:]]), cache)  # the last id, which no step fed
+        for layer in cache if not fresh else []:  # a queued step's entry is overwritten later
+            layer.offset = held
 
 
 def stream_text(sp, prompt_tokens, tokens):

@@ -21,6 +21,7 @@ import numpy as np
 
 from model import Model, ModelArgs, MODEL_ARGS, auto_dtype, cross_entropy, load_model, \
     measure_peak_flops  # first: model.py loads cpu.py, which must come before mlx.core
+import chat as chat_format
 import cpu
 import files
 import plot
@@ -39,27 +40,27 @@ started = time.perf_counter()  # max_minutes counts from here: this process's st
 # I/O
 out_dir = "out"  # checkpoint folder, also holds log.jsonl
 dataset = "pystdlib"  # reads data_dir/dataset/{train,val}.bin, made by prepare.py
-data_dir = "data"
+data_dir = "data"  # where prepare.py wrote the datasets
 init_from = "scratch"  # "scratch", "resume" (continue out_dir), or a checkpoint folder (any llama)
 eval_interval = 100  # evaluate and save a checkpoint every this many iterations
 eval_iters = 10  # batches per split in each evaluation
-log_interval = 10
-sample_prompt = ""  # each eval prints (and logs) a sample that continues this; "" starts a document
+log_interval = 10  # print (and log) the loss every this many iterations
+sample_prompt = ""  # each eval prints (and logs) a sample after this ("" starts a document)
 sample_tokens = 60  # how long that sample is; 0 prints none
 # model (vocab_size comes from the data; ignored when init_from loads a checkpoint)
-dim = 256
-n_layers = 4
-n_heads = 8
+dim = 256  # the width of the residual stream
+n_layers = 4  # transformer blocks
+n_heads = 8  # attention heads (query heads, with n_kv_heads)
 n_kv_heads = 0  # 0 means n_heads; a divisor of n_heads gives grouped-query attention
 hidden_dim = 0  # 0 means LLaMA's 8/3 * dim rule
-max_seq_len = 128
-tie_embeddings = True
-rope_theta = 10000.0
-norm_eps = 1e-5
+max_seq_len = 128  # the context in tokens: attention costs grow with its square
+tie_embeddings = True  # the output layer is the embedding, transposed
+rope_theta = 10000.0  # RoPE's base: longer contexts want a larger one
+norm_eps = 1e-5  # RMSNorm's epsilon
 # optimizer: AdamW (or Muon for the blocks' matrices), linear warmup, wsd (or cosine) to min_lr
-batch_size = 16
-gradient_accumulation_steps = 1
-max_iters = 500
+batch_size = 16  # windows per micro-step (per process)
+gradient_accumulation_steps = 1  # micro-steps per iteration: a bigger batch, same memory
+max_iters = 500  # iterations in all (an iteration: one optimizer step)
 max_minutes = 0.0  # >0: a wall-clock budget, which decides max_iters (iterations_that_fit)
 optimizer = "adamw"  # or "muon": Muon for the blocks' matrices, AdamW for the rest
 learning_rate = 2e-3  # AdamW's peak
@@ -67,15 +68,15 @@ muon_learning_rate = 0.01  # Muon's peak, on learning_rate's schedule
 min_lr = 2e-4  # the schedule's floor; Muon's is min_lr / learning_rate of its peak
 lr_schedule = "wsd"  # warmup, constant, then linear to min_lr over cooldown_frac; or "cosine"
 cooldown_frac = 0.2  # wsd: the fraction of lr_decay_iters that decays
-warmup_iters = 50
+warmup_iters = 50  # the rate rises linearly over these
 lr_decay_iters = 0  # 0 means max_iters
 weight_decay = 0.1  # AdamW's, matrices only: norms' gains are not decayed
-beta1 = 0.9
-beta2 = 0.95
+beta1 = 0.9  # AdamW's momentum
+beta2 = 0.95  # AdamW's second-moment decay
 grad_clip = 1.0  # clip the global gradient norm; 0 disables
 dropout = 0.0  # in training only: on the embedding's output and each residual branch
 # system
-seed = 1337
+seed = 1337  # the initial weights, every batch's windows, dropout's masks
 dtype = "auto"  # the pass's: float32, bfloat16, or auto (bfloat16 if native); weights stay float32
 compile = True  # mx.compile the training step
 grad_checkpoint = False  # recompute each block in the backward pass: less memory, more compute
@@ -102,8 +103,9 @@ check(globals(), [(name, globals()[name] >= 1, "at least 1") for name in (
     ("threads", threads >= 1 and batch_size % threads == 0 and (cpu.ON_CPU or threads == 1),
      f"a divisor of --batch_size={batch_size}, and 1 on a GPU")])
 compute_dtype = auto_dtype() if dtype == "auto" else getattr(mx, dtype)
-settings.update(threads=threads, dtype=str(compute_dtype).split(".")[-1])  # as run, for resumes
 tokens_per_iter = batch_size * gradient_accumulation_steps * world * max_seq_len
+settings.update(threads=threads, tokens_per_iter=tokens_per_iter,  # as run, for resumes, compare.py
+                dtype=str(compute_dtype).split(".")[-1])
 mx.random.seed(seed)
 
 # the model: new, resumed from out_dir, or loaded from any llama checkpoint folder ----------------
@@ -135,7 +137,11 @@ elif source and not os.path.isfile(tokenizer_path):
 # the data: one reader, which checks the header and that the model's tokenizer made the tokens ----
 train_data, train_info = files.read_tokens(os.path.join(data_path, "train.bin"), tokenizer_path)
 val_data, val_info = files.read_tokens(os.path.join(data_path, "val.bin"), tokenizer_path)
-if min(len(train_data), len(val_data)) <= max_seq_len + 1:
+chat = train_info["kind"] == "chat"  # conversations: the loss is on the replies' tokens only
+for info in (train_info, val_info):  # chat windows start where a conversation does
+    info["starts"] = np.flatnonzero(info["mask"] & files.START) if chat else None
+    info["fits"] = chat and info["starts"][info["starts"] < info["n_tokens"] - max_seq_len - 1]
+if min(len(train_data), len(val_data)) <= max_seq_len + 1:  # a chat file starts a conversation
     sys.exit(f"error: {data_path} has {len(train_data)} train and {len(val_data)} val tokens, too "
              f"few for max_seq_len={max_seq_len}; lower --max_seq_len or give prepare.py more text")
 if not source:
@@ -153,17 +159,32 @@ check(globals(), [("max_seq_len", max_seq_len <= args.max_seq_len,
 model.set_training(dropout, grad_checkpoint)
 mx.eval(model.parameters())  # float32: the weights that the optimizer updates
 
+# Each target's weight in the loss, mean 1 over the windows: 1 for text; for chat, on the replies'
+# tokens only (ends: each window's first conversation only), so every share of a batch (micro-step,
+# process, worker thread) averages to the mean over the replies' tokens of the whole batch.
+def loss_weights(info, starts, ends=None):  # -> (windows, T)
+    if not chat:
+        return np.ones((len(starts), max_seq_len), np.float32)
+    targets = starts[:, None] + np.arange(1, max_seq_len + 1)
+    w = (info["mask"][np.minimum(targets, len(info["mask"]) - 1)] & files.LOSS).astype(np.float32)
+    w *= True if ends is None else targets < ends[:, None]
+    return w * (w.size / max(w.sum(), 1))
+
+def windows(data, starts, w):  # x, y: (B, T) tokens and their next ones, w: their weights
+    xy = np.stack([np.pad(data[i:i + max_seq_len + 1], (0, max(0, i + max_seq_len + 1 - len(data))))
+                   for i in starts]).astype(np.int32)  # the data's end: padding, weighed 0
+    return mx.array(xy[:, :-1]), mx.array(xy[:, 1:]), mx.array(w)
+
 # An iteration's windows are a pure function of (seed, it): resuming needs no data-loader state,
 # and the global batch is the same windows however micro-steps and processes cut it.
-def get_batch(data, it, micro):
-    starts = np.random.default_rng([seed, it]).integers(0, len(data) - max_seq_len - 1,
-                                                         size=tokens_per_iter // max_seq_len)
-    part = micro * world + rank
-    starts = starts[part * batch_size:(part + 1) * batch_size]
-    xy = np.stack([data[i:i + max_seq_len + 1] for i in starts]).astype(np.int32)  # (B, T + 1)
-    return mx.array(xy[:, :-1]), mx.array(xy[:, 1:])
+def get_batch(data, info, it, micro):
+    rng, n = np.random.default_rng([seed, it]), tokens_per_iter // max_seq_len
+    starts = rng.choice(info["fits"], n) if chat else rng.integers(0, len(data) - max_seq_len - 1,
+                                                                      size=n)
+    mine = slice((micro * world + rank) * batch_size, (micro * world + rank + 1) * batch_size)
+    return windows(data, starts[mine], loss_weights(info, starts)[mine])
 
-def loss_fn(model, x, y):
+def loss_fn(model, x, y, w):
     weights = model.parameters()
     if compute_dtype != mx.float32:
         # Mixed precision: the pass runs on bfloat16 copies of the float32 weights (but the
@@ -172,10 +193,10 @@ def loss_fn(model, x, y):
         model.update(model.pass_weights(compute_dtype))
     logits = model(x)
     model.update(weights)
-    return cross_entropy(logits, y).mean()  # float32
+    return (cross_entropy(logits, y) * w).mean()  # float32
 
 def bits_per_byte(loss):  # nats per token -> bits per byte of the text the val tokens stand for
-    return loss / math.log(2) * val_info["n_tokens"] / val_info["n_bytes"]
+    return loss / math.log(2) * val_info["n_loss_tokens"] / val_info["n_bytes"]
 
 # the optimizer: AdamW, or Muon for the matrices inside the blocks --------------------------------
 def adamw(wd):
@@ -246,18 +267,13 @@ def iterations_that_fit(done):
 flops_per_iter = model.flops_per_token(max_seq_len) * tokens_per_iter  # the group's, like tokens
 peak = peak_flops or measure_peak_flops(compute_dtype)  # before worker threads split the cores
 peak = mx.distributed.all_sum(mx.array(peak), group=group).item()
-state = [model.state, opt.state]
-# outputs=state too: compile must hand back real arrays for the traced ones value_and_grad leaves
-compiled = (lambda f: mx.compile(f, inputs=state, outputs=state)) if compile else (lambda f: f)
-if threads > 1:  # each batch split over worker threads, each with its own stream (cpu.py)
-    workers = cpu.Workers(model, lambda: Model(args).set_training(dropout, grad_checkpoint),
-                          loss_fn, threads, compile)
-    forward_backward, forward = workers.forward_backward, workers.forward
-    replicas = workers.replicas
+if threads > 1:  # on the CPU, worker threads share each batch, a stream and cores each (cpu.py)
+    loss_and_grad = cpu.Workers(model, loss_fn, lambda: Model(args).set_training(
+        dropout, grad_checkpoint), threads, compile)
+    evaluate, replicas = loss_and_grad.loss, loss_and_grad.replicas
 else:
-    loss_and_grad = nn.value_and_grad(model, loss_fn)
-    forward_backward = compiled(lambda x, y: loss_and_grad(model, x, y))
-    forward, replicas = (lambda x, y: loss_fn(model, x, y)), []
+    loss_and_grad, evaluate, replicas = nn.value_and_grad(model, loss_fn), loss_fn, []
+step = lambda *batch: loss_and_grad(model, *batch)  # noqa: E731 (x, y, w) -> (loss, gradients)
 
 def all_mean(x):  # mean over the processes of a scalar; a no-op alone
     return mx.distributed.all_sum(x, group=group) / world if world > 1 else x
@@ -270,7 +286,7 @@ def gradients(it):  # -> the loss and the gradients of iteration it's global bat
         for share, m in enumerate((replicas or [model]) if dropout else []):
             ids = [seed, it, micro * world + rank, share]
             m.set_dropout_key(mx.random.key(int(np.random.default_rng(ids).integers(1 << 63))))
-        micro_loss, micro_grads = forward_backward(*get_batch(train_data, it, micro))
+        micro_loss, micro_grads = step(*get_batch(train_data, train_info, it, micro))
         grads = micro_grads if grads is None else tree_map(mx.add, grads, micro_grads)
         loss = loss + micro_loss
         if gradient_accumulation_steps > 1:
@@ -282,7 +298,6 @@ def gradients(it):  # -> the loss and the gradients of iteration it's global bat
         grads = nn.average_gradients(grads, group=group)
     return all_mean(loss), grads
 
-@compiled
 def update(grads):
     if grad_clip > 0:
         grads, grad_norm = optim.clip_grad_norm(grads, grad_clip)
@@ -291,26 +306,23 @@ def update(grads):
     opt.update(model, grads)
     return grad_norm
 
+state = [model.state, opt.state]
+if compile:  # outputs=state too: compile must hand back real arrays for the traced ones of grads
+    update = mx.compile(update, inputs=state, outputs=state)
+    step = step if threads > 1 else mx.compile(step, inputs=state, outputs=state)  # workers: own
+
 # evals, samples and checkpoints ------------------------------------------------------------------
 def mean_loss(batches):  # over this process's batches, then over every process's
     total, count = mx.array(0.0), mx.array(0)
-    for x, y in batches:
-        loss = forward(x, y) if len(x) == batch_size else loss_fn(model, x, y)  # workers: whole
+    for x, y, w in batches:
+        loss = evaluate(model, x, y, w)
         total, count = total + loss * len(x), count + len(x)
         mx.eval(total, count)  # one batch's activations in memory at a time
     return (all_mean(total) / all_mean(count)).item()
 
-# Every val token once (windows side by side, each predicting its tokens from those before it in
-# the window), so a run's last number does not depend on which windows the evals drew.
-def whole_val_batches():
-    windows = np.arange((len(val_data) - 1) // max_seq_len)
-    for first in range(rank * batch_size, len(windows), batch_size * world):  # this process's
-        xy = np.stack([val_data[i * max_seq_len:(i + 1) * max_seq_len + 1]
-                       for i in windows[first:first + batch_size]]).astype(np.int32)
-        yield mx.array(xy[:, :-1]), mx.array(xy[:, 1:])
-
 sp = spm.SentencePieceProcessor(model_file=tokenizer_path)
-sample_prompt_tokens = [sp.bos_id()] + sp.encode(sample_prompt)
+sample_prompt_tokens = chat_format.turn_ids(sp, sample_prompt) if chat else \
+    [sp.bos_id()] + sp.encode(sample_prompt)  # chat: the prompt is a user turn
 
 def sample_text(it):  # what the model writes now, decoded as generate.py does; the same every run
     mx.random.seed(seed + it)
@@ -331,22 +343,23 @@ def set_training(on):  # dropout only in training: evals and samples see the who
 def eval_and_save(done):
     global best_val_loss
     set_training(False)
-    train, val = (mean_loss(get_batch(data, (1 << 40) + k, 0) for k in range(eval_iters))
-                  for data in (train_data, val_data))
+    train, val = (mean_loss(get_batch(data, info, (1 << 40) + k, 0) for k in range(eval_iters))
+                  for data, info in ((train_data, train_info), (val_data, val_info)))
     check_finite(val, done)  # the update may have broken the model: never save that
     best_val_loss = min(best_val_loss, val)
     if master:
         ppl, bpb = math.exp(val), bits_per_byte(val)
         folder.log({"iter": done, "train_loss": train, "val_loss": val, "val_ppl": ppl,
-                    "val_bpb": bpb}, f"eval {done}: train loss {train:.4f}, val loss {val:.4f}, "
-                   f"val ppl {ppl:.2f}, val {bpb:.3f} bits/byte")
+                    "val_bpb": bpb}, f"eval {done}{' (reply tokens)' * chat}: train loss "
+                   f"{train:.4f}, val loss {val:.4f}, val ppl {ppl:.2f}, val {bpb:.3f} bits/byte")
         if sample_tokens:
             text = sample_text(done)
             folder.log({"iter": done, "sample": text}, f"sample {done}: {text}")
         folder.save(done, {**args.to_config(), "train_settings": settings, "train_state": {
             "iter": done, "best_val_loss": best_val_loss, "seed": seed,
             "budget_resolved": max_minutes > 0 and not budget_open}},
-            dict(tree_flatten(model.parameters())), dict(tree_flatten(opt.state)), tokenizer_path)
+            dict(tree_flatten(model.parameters())), dict(tree_flatten(opt.state)), tokenizer_path,
+            chat_format.CHAT_TEMPLATE if chat else None)
         print(f"saved {out_dir}/ (iteration {done})")
         folder.write("loss.svg", plot.loss_svg(folder.records(), tokens_per_iter, dataset).encode())
     set_training(True)
@@ -411,10 +424,16 @@ while it < max_iters:
         sys.exit(128 + (stop_signal or signal.SIGINT))
     it = done
 
-# the end: the loss over every val token once, the number to compare runs by
+# The end: the loss over every val token once (windows side by side, each predicting its tokens
+# from those before it in the window), the number to compare runs by, whichever windows the evals
+# drew. Chat: a window at each conversation, for its replies' tokens (those within max_seq_len).
 set_training(False)
-loss, n = mean_loss(whole_val_batches()), (len(val_data) - 1) // max_seq_len * max_seq_len
+starts = val_info["starts"] if chat else np.arange((len(val_data) - 1) // max_seq_len) * max_seq_len
+w = loss_weights(val_info, starts, np.append(starts[1:], len(val_data)))
+loss = mean_loss(windows(val_data, starts[i:i + batch_size], w[i:i + batch_size])
+                 for i in range(rank * batch_size, len(starts), batch_size * world))
 if master:
+    n = int(np.count_nonzero(w))
     folder.log({"iter": it, "val_loss_full": loss, "val_bpb_full": bits_per_byte(loss),
-                "val_tokens_full": n}, f"final: the whole val split ({n:,} tokens): val loss "
-               f"{loss:.4f}, {bits_per_byte(loss):.3f} bits/byte")
+                "val_tokens_full": n}, f"final: the whole val split ({n:,}{' reply' * chat} "
+               f"tokens): val loss {loss:.4f}, {bits_per_byte(loss):.3f} bits/byte")

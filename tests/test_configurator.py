@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from configurator import configure
+from errors import Error
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,9 +43,9 @@ def test_overrides_are_parsed_to_the_defaults_types():
 ])
 def test_bad_settings_exit_with_a_message_naming_the_problem(arg, message):
     s = defaults()
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(Error) as e:
         configure(s, [arg])
-    assert message in str(e.value) and str(e.value).startswith("error: ")
+    assert message in str(e.value) and not str(e.value).startswith("error: ")  # the script adds it
     assert s == defaults()  # nothing half-applied
 
 
@@ -55,10 +56,10 @@ def test_preset_file_then_command_line(tmp_path):
     configure(s, [str(preset), "--batch_size=2"])
     assert (s["batch_size"], s["learning_rate"]) == (2, 2e-3)
     preset.write_text("batch_size = 'four'\n")
-    with pytest.raises(SystemExit, match="batch_size in .*preset.py expects int, got 'four'"):
+    with pytest.raises(Error, match="batch_size in .*preset.py expects int, got 'four'"):
         configure(defaults(), [str(preset)])
     preset.write_text("bach_size = 4\n")
-    with pytest.raises(SystemExit, match="unknown setting 'bach_size' in"):
+    with pytest.raises(Error, match="unknown setting 'bach_size' in"):
         configure(defaults(), [str(preset)])
 
 
@@ -84,6 +85,32 @@ def test_each_override_is_echoed_and_a_broken_preset_names_its_line(tmp_path, ca
                           ("batch_size = 4\n\nbatch_size = 1 // 0\n",
                            "preset.py, line 3: ZeroDivisionError")]:
         preset.write_text(text)
-        with pytest.raises(SystemExit) as e:
+        with pytest.raises(Error) as e:
             configure(defaults(), [str(preset)])
-        assert str(e.value).startswith("error: preset file ") and message in str(e.value), e.value
+        assert str(e.value).startswith("preset file ") and message in str(e.value), e.value
+
+
+def test_help_teaches_the_settings_block_and_computed_values_are_no_settings(tmp_path):
+    script = tmp_path / "script.py"
+    rule = "# " + "-" * 77
+    script.write_text("\n".join([
+        '"""Does a thing."""', "import sys", f"sys.path.insert(0, {str(ROOT)!r})",
+        "from configurator import configure", "before = 1.5", rule, "# the shape",
+        "dim = 64  # the width # of it", "# comes next", 'url = "http://x/#y"', "flag = True",
+        rule, "rank = 0  # computed", "configure(globals())", ""]))
+    r = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True)
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and lines[0] == "Does a thing." and "before" not in r.stdout
+    assert [line.split()[0] for line in lines[lines.index("the shape"):]] == [
+        "the", "--dim=64", "comes", "--url='http://x/#y'", "--flag=True"]
+    dim = lines[lines.index("the shape") + 1]
+    assert dim.startswith("  --dim=64 ") and dim.endswith("  the width # of it")
+    for computed in ("--rank=1", "--before=2.0"):
+        r = subprocess.run([sys.executable, str(script), computed], capture_output=True,
+                           text=True)
+        assert r.returncode != 0 and "unknown setting" in r.stderr
+        assert "valid settings: dim, flag, url" in r.stderr
+    r = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True,
+                       text=True)
+    assert "  --warmup_iters=50" in r.stdout and "the rate rises linearly" in r.stdout
+    assert not any(f"--{name}=" in r.stdout for name in ("rank", "world", "master", "started"))

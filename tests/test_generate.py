@@ -211,3 +211,20 @@ def test_bad_sampling_settings_get_one_line_errors(work):
                  if not line.startswith("Overriding: ")]
         assert (r.returncode != 0
                 and lines == [f"error: {message}"]), r.stderr
+
+
+def test_attention_draws_each_layer_and_head_over_the_prompt(work):
+    import xml.etree.ElementTree as ET
+    r = run("generate.py", "--attention=attn.svg", "--prompt=the cat sat", cwd=work)
+    assert "2 layers x 4 heads" in r.stderr and r.stdout == ""
+    root = ET.parse(work / "attn.svg").getroot()
+    heads = [g for g in root.iter("{http://www.w3.org/2000/svg}g") if g.get("class") == "head"]
+    assert [(g.get("data-layer"), g.get("data-head")) for g in heads] == [
+        (str(layer), str(head)) for layer in range(2) for head in range(4)]
+    labels = [t.text for t in root.iter("{http://www.w3.org/2000/svg}text")
+              if t.get("class") == "token"]
+    assert labels[0] == "<s>" and "".join(labels[::2][1:]) == "the cat sat"
+    # the first token sees only itself: its row holds one square of full weight
+    first_row = [c for c in heads[0]
+                 if c.get("y") == heads[0][0].get("y") and c.get("fill-opacity")]
+    assert [c.get("fill-opacity") for c in first_row] == ["1.000"]

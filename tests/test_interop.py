@@ -19,7 +19,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from files import hf_tokenizer_files
+from hf_tokenizer import hf_tokenizer_files
 
 ROOT = Path(__file__).resolve().parent.parent
 # Text that SentencePiece keeps as is and other tokenizers might not: runs of spaces, tabs,

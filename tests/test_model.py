@@ -10,6 +10,8 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten
 
+from errors import Error
+
 TINY = dict(dim=32, n_layers=2, n_heads=4, vocab_size=61, max_seq_len=32)
 
 
@@ -112,11 +114,11 @@ def test_config_round_trips_and_checkpoint_folder_loads(tmp_path):
 
 
 def test_load_model_errors_name_the_problem(tmp_path):
-    with pytest.raises(SystemExit, match="no checkpoint in .*train one first"):
+    with pytest.raises(Error, match="no checkpoint in .*train one first"):
         load_model(str(tmp_path / "missing"))
     (tmp_path / "config.json").write_text(json.dumps(tiny().args.to_config()))
     mx.save_safetensors(str(tmp_path / "model.safetensors"), {"model.norm.weight": mx.ones((32,))})
-    with pytest.raises(SystemExit, match="do not fit its config.json"):
+    with pytest.raises(Error, match="do not fit its config.json"):
         load_model(str(tmp_path))
 
 
@@ -170,3 +172,19 @@ def test_a_folder_loads_in_the_dtype_it_stores(tmp_path):
     assert loaded.make_cache()[0].keys.dtype == mx.bfloat16
     x = tokens((1, 8))
     assert loaded(x).dtype == mx.bfloat16 and mx.array_equal(loaded(x), model(x))
+
+
+def test_attention_weights_are_what_attention_takes_from_each_earlier_token():
+    model = tiny(n_kv_heads=2)
+    x = tokens((1, 12))
+    weights = model.attention_weights(x)  # (layers, heads, L, L)
+    assert weights.shape == (2, 4, 12, 12)
+    assert mx.allclose(weights.sum(-1), mx.ones((2, 4, 12)), atol=1e-5)
+    assert mx.all(mx.triu(weights, k=1) == 0)  # nothing from later tokens
+    # the first block's attention output is these weights times its values
+    block, h = model.model.layers[0], model.model.embed_tokens(x)
+    attn, normed = block.self_attn, block.input_layernorm(h)
+    _, _, v = attn.project(normed)
+    mixed = weights[0][None] @ mx.repeat(v, 2, axis=1)  # (1, heads, L, hd)
+    out = attn.o_proj(mixed.transpose(0, 2, 1, 3).reshape(1, 12, -1))
+    assert mx.allclose(out, attn(normed), atol=1e-5)

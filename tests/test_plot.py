@@ -1,9 +1,17 @@
 """plot.py: the loss chart train.py writes as out_dir/loss.svg, read back as the XML a browser
 draws."""
+import json
 import math
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
 
 from plot import loss_svg
+
+ROOT = Path(__file__).resolve().parent.parent
 
 NS = "{http://www.w3.org/2000/svg}"
 
@@ -206,3 +214,36 @@ def test_standalone_svg_1_1_with_plain_elements_only():
     assert {e.tag[len(NS):] for e in root.iter()} <= {"svg", "rect", "line", "polyline", "text",
                                                       "circle"}
     assert 'a <b> & "c"' in texts(root, "title")[0] and "href" not in svg
+
+
+def test_compare_draws_the_runs_side_by_side_and_tables_what_differs(tmp_path):
+    from model import ModelArgs
+    for name, kv, per_iter, bpb in (("a", 8, 2048, 1.9), ("b", 2, 4096, 1.8)):
+        run = tmp_path / name
+        run.mkdir()
+        settings = {"batch_size": 16, "gradient_accumulation_steps": 1, "max_seq_len": 128,
+                    "n_kv_heads": kv, "tokens_per_iter": per_iter, "out_dir": name}
+        config = {**ModelArgs(n_kv_heads=kv).to_config(), "train_settings": settings}
+        (run / "config.json").write_text(json.dumps(config))
+        records = run_log(n_iters=300) + [{"iter": 300, "val_loss_full": 3.7, "val_bpb_full": bpb}]
+        (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    r = subprocess.run([sys.executable, str(ROOT / "compare.py"), "a", "b", "--svg=both.svg"],
+                       cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    table = [line.split() for line in r.stdout.splitlines()]
+    # the settings that differ, and only those; tokens_per_iter is how much a run has seen
+    assert table[0] == ["run", "n_kv_heads", "tokens_per_iter", "bits/byte", "iterations",
+                        "params", "train", "min"]
+    assert table[1][:5] == ["a", "8", "2048", "1.900", "300"] and table[2][:5] == [
+        "b", "2", "4096", "1.800", "300"]
+    assert float(table[1][5][:-1]) > float(table[2][5][:-1])  # fewer kv heads, fewer parameters
+    assert float(table[1][6]) == pytest.approx(300 * 2048 / 1e4 / 60, abs=0.05)  # minutes
+    curves = [e.get("points").split() for e in parse((tmp_path / "both.svg").read_text()).iter(
+        NS + "polyline") if e.get("class") == "run"]
+    assert [len(c) for c in curves] == [3, 3]
+    # b saw twice the tokens by its last eval: its curve ends further right
+    assert float(curves[1][-1].split(",")[0]) > float(curves[0][-1].split(",")[0])
+    r = subprocess.run([sys.executable, str(ROOT / "compare.py"), "a", "nowhere"],
+                       cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode != 0 and r.stderr.strip().splitlines() == [
+        "error: 'nowhere' has no log.jsonl: is it a folder that train.py wrote?"]

@@ -5,11 +5,14 @@ Offline and fast: tiny corpora, and prepare.py run in this process (runpy) unles
 command line."""
 import hashlib
 import http.server
+import importlib
 import io
 import json
 import os
 import random
+import re
 import runpy
+import struct
 import subprocess
 import sys
 import threading
@@ -21,8 +24,10 @@ import sentencepiece as spm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import chat  # noqa: E402
 import corpus  # noqa: E402
 import files  # noqa: E402
+from errors import Error  # noqa: E402
 
 WORDS = ("the a to of and in is it you that he was for on are with as I his they be at one have "
          "this from or had by word but what some we can out other were all there when up use your "
@@ -70,11 +75,16 @@ def run(tmp_path, *args):
     return tmp_path / "data" / name
 
 
+def one_line(e):
+    """What a user sees of an error that ends a script: sys.exit's text, or a module's Error."""
+    return str(e.code) if isinstance(e, SystemExit) else f"error: {e}"
+
+
 def error_of(args, tmp_path):
     """The one-line message prepare.py exits with."""
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises((SystemExit, Error)) as e:  # the script's own, or a module's
         prepare(f"--data_dir={tmp_path / 'data'}", *args)
-    message = str(e.value.code)
+    message = one_line(e.value)
     assert message.startswith("error: ") and "\n" not in message, message
     return message
 
@@ -116,7 +126,7 @@ def test_token_file_round_trip(tmp_path, vocab_size, itemsize):
     tokens, info = files.read_tokens(path)
     assert np.array_equal(tokens, np.concatenate(chunks))
     assert info == dict(vocab_size=vocab_size, n_tokens=1042, n_bytes=12345, tokenizer_sha256=sha,
-                        itemsize=itemsize)
+                        itemsize=itemsize, kind="text", n_loss_tokens=1042, mask=None)
     assert os.path.getsize(path) == files.HEADER_SIZE + 1042 * itemsize
     assert np.array_equal(np.memmap(path, tokens.dtype, mode="r", offset=files.HEADER_SIZE,
                                     shape=(1042,)), tokens)
@@ -146,10 +156,38 @@ def test_token_file_crash_leaves_nothing(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_chat_token_file_round_trip_and_old_files_still_read(tmp_path):
+    rng, sha = np.random.default_rng(0), "cd" * 32
+    chunks = [(rng.integers(0, 300, n), rng.integers(0, 4, n), n * 3) for n in (7, 0, 500)]
+    path = str(tmp_path / "chat.bin")
+    assert files.write_tokens(path, chunks, 300, None, sha, chat=True) == 507
+    tokens, info = files.read_tokens(path)
+    flags = np.concatenate([f for _, f, _ in chunks])
+    assert np.array_equal(tokens, np.concatenate([t for t, _, _ in chunks]))
+    assert np.array_equal(info["mask"], flags) and not info["mask"].flags.writeable
+    assert (info["kind"], info["n_loss_tokens"], info["n_bytes"]) == (
+        "chat", np.count_nonzero(flags & files.LOSS), 1521)
+    assert os.path.getsize(path) == files.HEADER_SIZE + 507 * 3  # uint16 tokens, a flag byte each
+    with pytest.raises(ValueError, match="2 flags for 3 tokens"):
+        files.write_tokens(path, [(np.arange(3), [1, 0], 3)], 300, None, sha, chat=True)
+    assert files.read_tokens(path)[1]["n_tokens"] == 507  # the good file stays
+    files.write_tokens(str(tmp_path / "e.bin"), [], 300, None, sha, chat=True)
+    tokens, info = files.read_tokens(str(tmp_path / "e.bin"))
+    assert len(tokens) == len(info["mask"]) == 0 and info["kind"] == "chat"
+    # a file of before there were kinds: the header's first 72 bytes, zeros after them
+    old = (struct.pack("<8sIIQQQ32s", b"MLLAMATK", 1, 2, 300, 4, 17, bytes.fromhex(sha))
+           .ljust(files.HEADER_SIZE, b"\0") + np.array([1, 5, 6, 2], "<u2").tobytes())
+    (tmp_path / "old.bin").write_bytes(old)
+    tokens, info = files.read_tokens(str(tmp_path / "old.bin"))
+    assert tokens.tolist() == [1, 5, 6, 2] and info == dict(
+        vocab_size=300, n_tokens=4, n_bytes=17, tokenizer_sha256=sha, itemsize=2, kind="text",
+        n_loss_tokens=4, mask=None)
+
+
 def read_error(path, tokenizer_path=None):
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(Error) as e:
         files.read_tokens(str(path), tokenizer_path and str(tokenizer_path))
-    message = str(e.value.code)
+    message = one_line(e.value)
     assert message.startswith("error: ") and "\n" not in message and "prepare.py" in message
     return message
 
@@ -172,6 +210,11 @@ def test_read_tokens_refuses_bad_files(tmp_path):
     assert "truncated" in read_error(tmp_path / "cut.bin")
     (tmp_path / "v2.bin").write_bytes(data[:8] + (2).to_bytes(4, "little") + data[12:])
     assert "version 2" in read_error(tmp_path / "v2.bin")
+    (tmp_path / "kind.bin").write_bytes(data[:72] + (7).to_bytes(4, "little") + data[76:])
+    assert "kind 7" in read_error(tmp_path / "kind.bin")
+    chat_header = data[:72] + (1).to_bytes(4, "little") + data[76:]
+    (tmp_path / "noflags.bin").write_bytes(chat_header)  # a chat file without its flags
+    assert "truncated" in read_error(tmp_path / "noflags.bin")
     tok.write_bytes(b"model two")
     assert "different tokenizer" in read_error(good, tok)
     assert "not found" in read_error(good, tmp_path / "missing.model")
@@ -453,9 +496,9 @@ def test_download_caches_resumes_and_checks(server, tmp_path):
 
 
 def download_error(*args):
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(Error) as e:
         corpus.download(*args)
-    message = str(e.value.code)
+    message = one_line(e.value)
     assert message.startswith("error: ") and "\n" not in message
     return message
 
@@ -565,3 +608,316 @@ def test_wikitext103_from_a_mirror(server, tmp_path, monkeypatch):
         expected = [a[2:] + " \n" for a in articles[:-1]] + [articles[-1][2:]]
         assert documents_of(out, split) == expected
     assert json.loads((out / "meta.json").read_text())["splits"]["test"]["docs"] == 2
+
+
+# ----------------------------------------------------------------------------- conversations
+
+def conversation(i):
+    """A small conversation; every third has a system prompt, every fourth two exchanges."""
+    messages = [{"role": "system", "content": f"You are bot {i}."}] * (i % 3 == 0) + [
+        {"role": "user", "content": f"What is {WORDS[i % len(WORDS)]} {i}?"},
+        {"role": "assistant", "content": f"It is {WORDS[(i * 7) % len(WORDS)]}, a word  😀"}]
+    return messages + [{"role": "user", "content": "And then?"},
+                       {"role": "assistant", "content": f"Then {i}."}] * (i % 4 == 0)
+
+
+def write_chats(path, rows):
+    path.write_text("".join(r if isinstance(r, str) else json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def chats_of(out, split):
+    """A chat token file as [(ids, mask)] a conversation, cut at its START flags."""
+    tokens, info = files.read_tokens(str(out / f"{split}.bin"), str(out / "tokenizer.model"))
+    assert info["kind"] == "chat"
+    flags, tokens = np.array(info["mask"]), tokens.tolist()
+    starts = np.flatnonzero(flags & files.START).tolist()
+    assert (starts[:1] == [0] and flags.max() <= 3
+            and info["n_loss_tokens"] == np.count_nonzero(flags & files.LOSS))
+    return [(tokens[a:b], (flags[a:b] & files.LOSS).tolist())
+            for a, b in zip(starts, starts[1:] + [len(tokens)])]
+
+
+@pytest.fixture
+def base(tmp_path, tiny_model):
+    """The default run's tokenizer, where a chat set looks for it: data/pystdlib/tokenizer.model."""
+    (tmp_path / "data" / "pystdlib").mkdir(parents=True)
+    (tmp_path / "data" / "pystdlib" / "tokenizer.model").write_bytes(tiny_model[0])
+    return spm.SentencePieceProcessor(model_proto=tiny_model[0])
+
+
+def test_prepare_conversations_end_to_end(tmp_path, base):
+    conversations = [conversation(i) for i in range(30)]
+    path = write_chats(tmp_path / "chats.jsonl", [{"messages": m, "id": i}
+                                                  for i, m in enumerate(conversations)] + [""])
+    out = run(tmp_path, f"--input={path}", "--dataset=mychat", "--val_fraction=0.1")
+    assert sorted(os.listdir(out)) == ["meta.json", "tokenizer.model", "train.bin", "val.bin"]
+    assert (out / "tokenizer.model").read_bytes() == (
+        tmp_path / "data" / "pystdlib" / "tokenizer.model").read_bytes()
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["kind"] == "chat" and meta["splits"]["val"]["docs"] == 3
+    for split in ("train", "val"):
+        expected = [m for s, m in corpus.split_documents(conversations, 0.1) if s == split]
+        rendered = [chat.render_conversation(base, m) for m in expected]
+        assert chats_of(out, split) == [(ids, mask) for ids, mask in rendered]
+        info = files.read_tokens(str(out / f"{split}.bin"))[1]
+        assert info["n_bytes"] == sum(map(chat.reply_bytes, expected)) == (
+            meta["splits"][split]["bytes"])
+        assert info["n_loss_tokens"] == meta["splits"][split]["loss_tokens"] == sum(
+            sum(mask) for _, mask in rendered)
+
+
+def test_bad_conversation_rows_name_file_and_line_and_write_nothing(tmp_path, base):
+    good = [{"messages": conversation(i)} for i in range(3)]
+    cases = {"no assistant turn": {"messages": [{"role": "user", "content": "hi"}]},
+             "unknown role 'bot'": {"messages": [{"role": "user", "content": "hi"},
+                                                 {"role": "bot", "content": "yo"}]},
+             "content is not a string": {"messages": [{"role": "user", "content": "hi"},
+                                                      {"role": "assistant", "content": 3}]},
+             "not JSON": '{"messages": [\n',
+             "not a JSON object": "[1, 2]\n",
+             'a row must be {"messages"': {"text": "a document among conversations"}}
+    for expected, row in cases.items():
+        path = write_chats(tmp_path / "chats.jsonl", good[:2] + [row] + good[2:])
+        message = error_of([f"--input={path}", "--dataset=bad", "--val_fraction=0.5"], tmp_path)
+        assert message.startswith(f"error: {path}, line 3: ") and expected in message, message
+    # as the user sees it: one line, and no data/bad/ (the bad row is in val: train came first)
+    path = write_chats(tmp_path / "chats.jsonl", good + [cases["unknown role 'bot'"]])
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "prepare.py"), "--input=chats.jsonl",
+                        "--dataset=bad", "--val_fraction=0.5"], capture_output=True, text=True,
+                       cwd=tmp_path)
+    assert r.returncode == 1 and r.stderr == ("error: chats.jsonl, line 4: message 2 has the "
+                                              "unknown role 'bot' (system, user or assistant)\n")
+    assert os.listdir(tmp_path / "data") == ["pystdlib"]
+
+
+def test_conversations_take_the_base_tokenizer_or_say_how_to_make_it(tmp_path, tiny_model):
+    path = write_chats(tmp_path / "chats.jsonl", [{"messages": conversation(i)} for i in range(4)])
+    message = error_of([f"--input={path}", "--dataset=c"], tmp_path)
+    assert "data/pystdlib/tokenizer.model" in message and "python prepare.py" in message
+    assert "--tokenizer=" in message
+    out = run(tmp_path, f"--input={path}", "--dataset=c", f"--tokenizer={tiny_model[1]}")
+    assert (out / "tokenizer.model").read_bytes() == tiny_model[0]
+    # pieces that end in a space ("]▁"): a reply's first token would hold the prompt's end
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(["[INST] What? [/INST] It is"] * 99),
+                                   model_prefix=str(tmp_path / "suffix"), vocab_size=280,
+                                   model_type="bpe", byte_fallback=True, minloglevel=2,
+                                   treat_whitespace_as_suffix=True)
+    message = error_of([f"--input={path}", "--dataset=s", f"--tokenizer={tmp_path}/suffix.model"],
+                       tmp_path)
+    assert f"{tmp_path}/suffix.model: this tokenizer makes a piece that spans" in message
+    assert not (tmp_path / "data" / "s").exists()
+
+
+def test_pystdlib_chat_asks_about_each_module_in_one_split():
+    names = ["array", "builtins", "dis", "json", "json.decoder", "keyword", "opcode", "os.path",
+             "textwrap"]
+    modules = {name: importlib.import_module(name) for name in names}
+    # val: every 2nd of them but builtins and os.path: dis, json.decoder, opcode
+    chats = list(corpus.stdlib_chats(modules, val_every=2))
+    text = {split: "\n".join(m["content"] for s, c in chats if s == split for m in c)
+            for split in ("train", "val")}
+    asked = {split: set(re.findall(r"`((?:%s)[\w.]*)" % "|".join(names).replace(".", r"\."),
+                                    text[split]))
+             for split in text}
+    assert {"json.dumps", "os.path.join", "json", "array.array", "keyword.iskeyword"} <= (
+        asked["train"])
+    assert {"json.decoder.JSONDecoder", "dis.stack_effect", "json.decoder"} <= asked["val"]
+    # no function in both, nor twice: json offers JSONDecoder, but json.decoder has it; opcode
+    # offers dis's stack_effect; ArrayType is array.array's other name
+    assert not asked["train"] & asked["val"]
+    assert not {"json.JSONDecoder", "opcode.stack_effect", "array.ArrayType"} & (
+        asked["train"] | asked["val"])
+    pairs = {(q["content"], a["content"]) for s, c in chats if s == "train"
+             for q, a in zip(c, c[1:]) if q["role"] == "user"}
+    assert ("What does `json.dumps` do?", "Serialize ``obj`` to a JSON formatted ``str``.") in pairs
+    assert ("What arguments does `os.path.join` take?", "`os.path.join(a, *p)`") in pairs
+    assert ("What does `len` do?", "Return the number of items in a container.") in pairs
+    assert ("Which module is `iskeyword` in?",
+            "`iskeyword` is in the `keyword` module: `keyword.iskeyword`.") in pairs
+    assert any(len(c) == 5 and c[0]["role"] == "system" for _, c in chats)  # system + two turns
+    for _, c in chats:
+        chat.check_conversation(c)
+        assert all(len(m["content"]) <= 300 for m in c)
+
+
+def test_pystdlib_chat_end_to_end_and_deterministic(tmp_path, base):
+    for seed, data_dir in (("1", "data"), ("2", "again")):  # sets iterate in another order
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "prepare.py"),
+                            "--dataset=pystdlib-chat", f"--data_dir={data_dir}",
+                            f"--tokenizer={tmp_path / 'data' / 'pystdlib' / 'tokenizer.model'}"],
+                           capture_output=True, text=True, cwd=tmp_path,
+                           env={**os.environ, "PYTHONHASHSEED": seed})
+        assert r.returncode == 0, r.stderr
+    out = tmp_path / "data" / "pystdlib-chat"
+    for split in ("train", "val"):
+        assert (out / f"{split}.bin").read_bytes() == (
+            tmp_path / "again" / "pystdlib-chat" / f"{split}.bin").read_bytes()
+    meta = json.loads((out / "meta.json").read_text())
+    n = {split: meta["splits"][split]["docs"] for split in ("train", "val")}
+    assert meta["kind"] == "chat" and 5000 <= n["train"] + n["val"] <= 20000 and n["val"] > 100
+    assert [len(chats_of(out, split)) for split in n] == list(n.values())
+    text = "".join(base.decode(files.read_tokens(str(out / f"{split}.bin"))[0].tolist())
+                   for split in n)
+    assert ("[INST] What does `json.dumps` do? [/INST] Serialize ``obj`` to a JSON formatted "
+            "``str``. " in text)
+
+
+def test_dolly_chat_from_a_mirror(server, tmp_path, base):
+    rows = [{"instruction": f"Name a word like {WORDS[i % len(WORDS)]}.",
+             "context": "" if i % 3 else f"A text about {i}.\n", "response": f"{WORDS[i]} {i}",
+             "category": "open_qa"} for i in range(45)]
+    server.files["/dolly.jsonl"] = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    args = ["--dataset=dolly-chat", f"--url={server.url}/dolly.jsonl"]
+    out = run(tmp_path, *args)
+    conversations = [corpus.dolly_messages(r) for r in rows]
+    assert conversations[0][0]["content"] == "A text about 0.\n\nName a word like the."
+    assert conversations[1][0]["content"] == "Name a word like a."
+    for split, expected in (("train", [c for i, c in enumerate(conversations) if i % 20 != 19]),
+                            ("val", [conversations[19], conversations[39]])):
+        assert chats_of(out, split) == [chat.render_conversation(base, c) for c in expected]
+    assert os.listdir(out / "raw") == ["databricks-dolly-15k.jsonl"]
+    run(tmp_path, *args)
+    assert len(server.requests) == 1  # cached
+    server.files["/bad.jsonl"] = b'{"instruction": "x", "response": 5}\n'
+    message = error_of(["--dataset=dolly-chat", f"--url={server.url}/bad.jsonl",
+                        f"--data_dir={tmp_path / 'other'}",
+                        f"--tokenizer={tmp_path / 'data' / 'pystdlib' / 'tokenizer.model'}"],
+                       tmp_path)
+    assert "databricks-dolly-15k.jsonl, line 1: a dolly row has" in message
+
+
+# ----------------------------------------------------------------------------- fineweb-edu
+
+def shard_texts(index, n_docs):
+    """A shard's documents: short English-ish texts, each naming its shard and row."""
+    rng = random.Random(index)
+    return [f"shard {index} doc {i}: " + " ".join(rng.choice(WORDS[:40]) for _ in range(30))
+            + "\nThe end.\n" for i in range(n_docs)]
+
+
+def parquet_bytes(texts, row_group_size):
+    """A parquet file written as nanochat writes its shards (zstd, no dictionary, no
+    statistics), with small row groups."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"text": texts}), buffer, row_group_size=row_group_size,
+                   compression="zstd", use_dictionary=False, write_statistics=False)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def fineweb(server, monkeypatch):
+    """A 4-shard FineWeb-Edu on the local server (shard 3, the last, is val): shard 0 in 4 row
+    groups, shard 1 in 2, shard 2 (never asked for with --shards=2) and shard 3 in 3; the
+    row groups read, in order, are recorded in `reads`."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    monkeypatch.setitem(corpus.DATASETS["fineweb-edu"], "shards", 4)
+    shards = {0: shard_texts(0, 14), 1: shard_texts(1, 6), 2: shard_texts(2, 9),
+              3: shard_texts(3, 8)}
+    shards[0][5] = None  # a null row, as an empty one, is no document
+    for index, texts in shards.items():
+        server.files[f"/fw/shard_{index:05d}.parquet"] = parquet_bytes(texts, 4 if index == 0
+                                                                       else 3)
+    reads, read_row_group = [], pq.ParquetFile.read_row_group
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", lambda self, i, *args, **kwargs: (
+        reads.append(i), read_row_group(self, i, *args, **kwargs))[1])
+    for whole in ("read", "iter_batches"):  # a shard read whole would not be bounded
+        monkeypatch.setattr(pq.ParquetFile, whole, None)
+    monkeypatch.setattr(pq, "read_table", None)
+    server.shards, server.reads = shards, reads
+    return server
+
+
+def test_fineweb_edu_from_a_mirror(fineweb, tmp_path):
+    args = ["--dataset=fineweb-edu", "--shards=2", f"--url={fineweb.url}/fw/", "--vocab_size=300"]
+    out = run(tmp_path, *args)
+    train = [t for t in fineweb.shards[0] + fineweb.shards[1] if t]
+    assert documents_of(out, "train") == train  # every row, in order, the null one left out
+    assert documents_of(out, "val") == fineweb.shards[3]  # the last shard, not the next one
+    # a row group at a time, each once per pass: the tokenizer's sample, then train, then val
+    assert fineweb.reads == [0, 1, 2, 3, 0, 1] * 2 + [0, 1, 2]
+    assert sorted(os.listdir(out / "raw")) == ["shard_00000.parquet", "shard_00001.parquet",
+                                               "shard_00003.parquet"]
+    assert [path for path, _ in fineweb.requests] == [
+        "/fw/shard_00000.parquet", "/fw/shard_00001.parquet", "/fw/shard_00003.parquet"]
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["splits"]["train"]["docs"] == len(train) and meta["settings"]["shards"] == 2
+
+    fineweb.reads.clear()  # cached; --val_docs: the val shard's first documents, no more read
+    run(tmp_path, *args, "--val_docs=2")
+    assert len(fineweb.requests) == 3 and fineweb.reads[-1:] == [0]
+    assert documents_of(out, "val") == fineweb.shards[3][:2]
+
+
+def test_fineweb_edu_reads_a_row_group_at_a_time_in_bounded_memory(tmp_path):
+    """However the reading is done, what is held while a document is handed on (Python's objects
+    and Arrow's buffers) is a few row groups of a file 40 times that: reading it whole holds ~90."""
+    pytest.importorskip("pyarrow")
+    import tracemalloc
+    texts = [f"{i} " + "".join(random.Random(i).choices("abcdefgh ", k=5000)) for i in range(400)]
+    path = tmp_path / "shard.parquet"
+    path.write_bytes(parquet_bytes(texts, 10))
+    pa, peak, n = corpus.import_pyarrow(), 0, 0
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0] + pa.total_allocated_bytes()
+        for n, text in enumerate(corpus.parquet_texts(pa, str(path)), 1):
+            assert text == texts[n - 1]
+            peak = max(peak, tracemalloc.get_traced_memory()[0] + pa.total_allocated_bytes() - base)
+    finally:
+        tracemalloc.stop()
+    row_group = sum(len(t) for t in texts[:10])  # 50 kB of text, of 2 MB
+    assert n == len(texts) and peak < 6 * row_group, (peak, row_group)
+
+
+def test_fineweb_edu_errors_are_one_line(fineweb, tmp_path):
+    def error(*args, shards=2):
+        return error_of(["--dataset=fineweb-edu", f"--shards={shards}", f"--url={fineweb.url}/fw",
+                         "--vocab_size=300", *args], tmp_path)
+
+    raw = tmp_path / "data" / "fineweb-edu" / "raw"
+    good = fineweb.files["/fw/shard_00003.parquet"]
+    fineweb.files["/fw/shard_00003.parquet"] = good[:-100]  # cut short, at the source
+    message = error()
+    assert (f"{raw / 'shard_00003.parquet'} is not a parquet file that can be read (Parquet magic "
+            "bytes not found in footer" in message and "was deleted; run again" in message)
+    assert sorted(os.listdir(raw)) == ["shard_00000.parquet", "shard_00001.parquet"]
+    assert not (tmp_path / "data" / "fineweb-edu" / "train.bin").exists()  # checked up front
+
+    # damaged inside: found when its row group is read
+    fineweb.files["/fw/shard_00003.parquet"] = good[:len(good) // 3] + bytes(64) + good[
+        len(good) // 3 + 64:]
+    assert "shard_00003.parquet is not a parquet file that can be read (" in error()
+    fineweb.files["/fw/shard_00003.parquet"] = good
+
+    del fineweb.files["/fw/shard_00001.parquet"]
+    message = error(f"--data_dir={tmp_path / 'other'}")
+    assert f"could not download {fineweb.url}/fw/shard_00001.parquet: HTTP 404" in message
+    fineweb.files["/fw/shard_00001.parquet"] = parquet_bytes(["x"], 1)
+
+    fineweb.files["/fw/shard_00000.parquet"] = parquet_bytes([1, 2], 1)
+    message = error(f"--data_dir={tmp_path / 'ints'}")
+    assert 'has no "text" column of strings (its columns: text)' in message
+
+    assert "--shards=4 must be between 1 and 3: fineweb-edu has 4 shards, and the last is val" in (
+        error(shards=4))
+    assert "between 1 and 3" in error(shards=0)
+    assert "--shards does not apply to tinystories" in error_of(
+        ["--dataset=tinystories", "--shards=3"], tmp_path)
+    assert "--val_docs=-1 must be at least 0" in error("--val_docs=-1")
+
+
+def test_fineweb_edu_without_pyarrow_says_how_to_install_it(server, tmp_path):
+    # `import pyarrow` fails as when it is not installed; nothing is downloaded before it is said
+    hide = ("import runpy, sys; sys.modules['pyarrow'] = None; sys.argv = sys.argv[1:]; "
+            "runpy.run_path(sys.argv[0], run_name='__main__')")
+    r = subprocess.run([sys.executable, "-c", hide, os.path.join(ROOT, "prepare.py"),
+                        "--dataset=fineweb-edu", f"--url={server.url}/fw",
+                        f"--data_dir={tmp_path}"],
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    assert r.returncode == 1 and r.stderr == ("error: --dataset=fineweb-edu reads parquet files, "
+                                              "which needs pyarrow: pip install pyarrow\n")
+    assert server.requests == [] and os.listdir(tmp_path) == []

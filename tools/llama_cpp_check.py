@@ -21,7 +21,7 @@ import mlx.core as mx
 import numpy as np
 import sentencepiece as spm
 
-import files
+import hf_tokenizer
 from configurator import configure
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,7 +51,7 @@ sp = spm.SentencePieceProcessor(model_file=os.path.join(out_dir, "tokenizer.mode
 llm = llama_cpp.Llama(model_path=gguf_path, n_ctx=model.args.max_seq_len, logits_all=True,
                       n_threads=2, seed=0, type_k=llama_cpp.GGML_TYPE_F32,
                       type_v=llama_cpp.GGML_TYPE_F32, verbose=False)
-dummy_prefix = files.adds_dummy_prefix(sp)
+dummy_prefix = hf_tokenizer.adds_dummy_prefix(sp)
 failures = []
 
 # 1. tokenizer: llama.cpp's SentencePiece implementation against SentencePiece's

@@ -1,0 +1,193 @@
+"""chat.py: LLaMA-2's chat format. The loss mask is exactly the replies and their EOS, the ids the
+chat loop feeds rebuild a rendered conversation, and transformers' and mlx-lm's apply_chat_template
+give the same ids (those skip without the interop extras). Tokenizers of both kinds: ours (no
+dummy prefix, whitespace-only pieces) and one made as Llama 2's was (a space in front)."""
+import os
+import shutil
+import sys
+
+import pytest
+import sentencepiece as spm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import chat  # noqa: E402
+import corpus  # noqa: E402
+import hf_tokenizer  # noqa: E402
+
+LINES = [f"{w} the cat sat on a mat  and [INST] said: what {i} is it? [/INST] a dog ran far 🦙"
+         for i, w in enumerate(("def", "  if", "return", "\tclass", "import") * 40)]
+SYSTEM = "Be brief.\nAnswer in  English."
+CONVERSATION = [{"role": "system", "content": SYSTEM},
+                {"role": "user", "content": " What did the cat do?\n"},
+                {"role": "assistant", "content": "It sat on a mat.  "},
+                {"role": "user", "content": "And the dog?"},
+                {"role": "assistant", "content": "\n It ran  far away: café 😀"}]
+BARE = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""},
+        {"role": "user", "content": "what is it"}, {"role": "assistant", "content": "a dog"}]
+
+
+@pytest.fixture(scope="module", params=["ours", "llama-style"])
+def sp_path(request, tmp_path_factory):
+    """A tokenizer.model of each kind, in a folder of its own."""
+    folder = tmp_path_factory.mktemp(request.param)
+    if request.param == "ours":
+        (folder / "tokenizer.model").write_bytes(corpus.train_tokenizer(iter(LINES), 320, 1))
+    else:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(LINES), model_prefix=str(folder / "tokenizer"),
+            model_type="bpe", vocab_size=320, byte_fallback=True, add_dummy_prefix=True,
+            normalization_rule_name="identity", remove_extra_whitespaces=False, num_threads=1,
+            minloglevel=2)
+    return folder / "tokenizer.model"
+
+
+@pytest.fixture(scope="module")
+def sp(sp_path):
+    return spm.SentencePieceProcessor(model_file=str(sp_path))
+
+
+def exchanges(messages):
+    """(prompt text, reply text) of each exchange, the system prompt folded into the first."""
+    system = messages[0]["content"] if messages[0]["role"] == "system" else None
+    turns = messages[1:] if system is not None else messages
+    return [(chat.prompt_text(turns[k]["content"], system if k == 0 else None),
+             chat.reply_text(turns[k + 1]["content"])) for k in range(0, len(turns), 2)]
+
+
+@pytest.mark.parametrize("messages", [CONVERSATION, BARE])
+def test_mask_is_the_replies_and_their_eos_exactly(sp, messages):
+    ids, mask = chat.render_conversation(sp, messages)
+    assert len(ids) == len(mask) and set(mask) == {0, 1}
+    texts = exchanges(messages)
+    if messages is CONVERSATION:  # Meta's rendering, spelled out
+        assert texts[0] == ("[INST] <<SYS>>\nBe brief.\nAnswer in  English.\n<</SYS>>\n\n "
+                            "What did the cat do? [/INST]", " It sat on a mat. ")
+        assert texts[1] == ("[INST] And the dog? [/INST]", " It ran  far away: café 😀 ")
+    starts = [i for i, t in enumerate(ids) if t == sp.bos_id()] + [len(ids)]
+    assert len(starts) - 1 == len(texts) and starts[0] == 0
+    for (prompt, reply), a, b in zip(texts, starts, starts[1:]):
+        part, flags = ids[a:b], mask[a:b]
+        n_prompt = flags.index(1)
+        # BOS and the prompt off, then the reply and its EOS on: one run each
+        assert flags == [0] * n_prompt + [1] * (b - a - n_prompt) and part[-1] == sp.eos_id()
+        prompt_ids, reply_ids = part[1:n_prompt], part[n_prompt:-1]
+        assert sp.eos_id() not in part[:-1] and sp.bos_id() not in part[1:]
+        # the ids are the exchange's text encoded whole, and the cut between them is the reply's
+        assert prompt_ids + reply_ids == sp.encode(prompt + reply)
+        assert sp.decode(prompt_ids) == prompt
+        assert sp.decode(prompt_ids + reply_ids) == prompt + reply
+    assert sum(mask) == len(ids) - sum(len(sp.encode(p)) + 1 for p, _ in texts)
+    assert chat.reply_bytes(messages) == sum(len(r.encode()) for _, r in texts)
+
+
+@pytest.mark.parametrize("messages", [CONVERSATION, BARE])
+def test_turn_ids_then_each_reply_and_eos_rebuild_the_rendering(sp, messages):
+    ids, mask = chat.render_conversation(sp, messages)
+    system = messages[0]["content"] if messages[0]["role"] == "system" else None
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    # the replies as the chat loop would sample them, up to EOS
+    replies = [ids[i:ids.index(sp.eos_id(), i)] for i in range(1, len(ids))
+               if mask[i] and not mask[i - 1]]
+    assert len(replies) == len(users)
+    fed = []
+    for k, (user, reply) in enumerate(zip(users, replies)):
+        fed += chat.turn_ids(sp, user, system if k == 0 else None) + reply + [sp.eos_id()]
+    assert fed == ids
+
+
+def decoded(sp, ids):
+    """ids as text, BOS and EOS spelled <s> and </s> as the chat template spells them."""
+    text, run = "", []
+    for t in ids + [sp.bos_id()]:
+        if t in (sp.bos_id(), sp.eos_id()):
+            text += sp.decode(run) + ("<s>" if t == sp.bos_id() else "</s>")
+            run = []
+        else:
+            run.append(t)
+    return text[:-3]
+
+
+@pytest.mark.parametrize("messages", [CONVERSATION, BARE])
+def test_template_round_trip_decodes_to_the_text(sp, messages):
+    text = decoded(sp, chat.render_conversation(sp, messages)[0])
+    assert text == "".join(f"<s>{p}{r}</s>" for p, r in exchanges(messages))
+    assert text.startswith("<s>[INST] ") and text.count(" [/INST] ") == len(messages) // 2
+
+
+@pytest.mark.parametrize("messages, expected", [
+    ([{"role": "user", "content": "hi"}], "no assistant turn"),
+    ([{"role": "system", "content": "x"}], "no assistant turn"),
+    ([{"role": "user", "content": "hi"}, {"role": "bot", "content": "yo"}], "unknown role 'bot'"),
+    ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": ["yo"]}],
+     "message 2 (assistant): its content is not a string"),
+    ([{"role": "user", "content": "hi"}, {"role": "assistant"}], "not a string"),
+    ([{"role": "assistant", "content": "yo"}, {"role": "user", "content": "hi"}],
+     "the roles go assistant, user"),
+    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+      {"role": "user", "content": "c"}], "ending with an assistant turn"),
+    ({"role": "user"}, 'a row must be {"messages"'),
+])
+def test_bad_conversations_say_what_is_wrong(sp, messages, expected):
+    with pytest.raises(ValueError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        chat.render_conversation(sp, messages)
+
+
+def test_a_tokenizer_that_merges_across_the_reply_start_is_refused(tmp_path):
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(["[INST] hi there [/INST] yes sure"] * 100),
+        model_prefix=str(tmp_path / "suffix"), model_type="bpe", vocab_size=300,
+        byte_fallback=True, treat_whitespace_as_suffix=True, add_dummy_prefix=False,
+        minloglevel=2)
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "suffix.model"))
+    assert "]▁" in sp.encode("[/INST] yes", out_type=str)
+    with pytest.raises(ValueError, match="spans the space after"):
+        chat.render_conversation(sp, BARE[2:])
+
+
+def hf_folder(sp_path, tmp_path):
+    """A folder with the tokenizer files train.py writes for a chat fine-tune."""
+    shutil.copy(sp_path, tmp_path / "tokenizer.model")
+    for name, blob in hf_tokenizer.hf_tokenizer_files(str(sp_path),
+                                               chat_template=chat.CHAT_TEMPLATE).items():
+        (tmp_path / name).write_bytes(blob)
+    return tmp_path
+
+
+def chat_loop_feed(sp, messages):
+    """The ids generate.py --chat has fed when it is about to answer the last user turn."""
+    history, _ = chat.render_conversation(sp, messages[:-1]) if len(messages) > 2 else ([], [])
+    system = messages[0]["content"] if messages[0]["role"] == "system" else None
+    return history + chat.turn_ids(sp, messages[-1]["content"], system if not history else None)
+
+
+@pytest.mark.parametrize("messages", [CONVERSATION, BARE, CONVERSATION[1:3]])
+def test_transformers_chat_template_gives_our_ids(sp, sp_path, tmp_path, messages):
+    transformers = pytest.importorskip("transformers")
+    tok = transformers.AutoTokenizer.from_pretrained(hf_folder(sp_path, tmp_path))
+    assert tok.chat_template == chat.CHAT_TEMPLATE
+    ids, _ = chat.render_conversation(sp, messages)
+    assert tok.apply_chat_template(messages, tokenize=True)["input_ids"] == ids
+    assert tok.apply_chat_template(messages, tokenize=False) == decoded(sp, ids)
+    asking = messages[:-1]
+    assert (tok.apply_chat_template(asking, add_generation_prompt=True, return_dict=False)
+            == chat_loop_feed(sp, asking))
+    # a turn may itself say "</s>": sanitize_control_tokens=True keeps it text, as SentencePiece
+    typed = [{"role": "user", "content": "is </s> or <s> a token?"},
+             {"role": "assistant", "content": "no: <s> is text"}]
+    assert (tok.apply_chat_template(typed, sanitize_control_tokens=True)["input_ids"]
+            == chat.render_conversation(sp, typed)[0])
+    with pytest.raises(Exception, match="alternate"):
+        tok.apply_chat_template(messages[:-1] + messages[-2:-1])
+
+
+def test_mlx_lm_reads_the_chat_template(sp, sp_path, tmp_path):
+    pytest.importorskip("transformers")
+    utils = pytest.importorskip("mlx_lm.utils")
+    tok = utils.load_tokenizer(hf_folder(sp_path, tmp_path))
+    assert tok.has_chat_template
+    for k in (2, 4):  # mlx_lm.chat sends the turn alone, the history being in its cache
+        assert (tok.apply_chat_template(CONVERSATION[:k], add_generation_prompt=True)
+                == chat_loop_feed(sp, CONVERSATION[:k]))
+    assert (tok.apply_chat_template([CONVERSATION[3]], add_generation_prompt=True)
+            == chat.turn_ids(sp, CONVERSATION[3]["content"]))
