@@ -23,11 +23,10 @@ import time
 from model import load_model  # first: model.py loads cpu.py, which must come before mlx.core
 import mlx.core as mx
 import numpy as np
-import sentencepiece as spm
 
 import corpus
+import files
 from configurator import check, configure
-from files import sha256_file
 
 # -----------------------------------------------------------------------------
 out_dir = "out"  # the checkpoint folder to score; the scores are appended to its evals.jsonl
@@ -126,11 +125,7 @@ else:
 examples = read_examples(path, hellaswag if task == "hellaswag" else lambada)
 
 model, config = load_model(out_dir)
-tokenizer_path = os.path.join(out_dir, "tokenizer.model")
-if not os.path.isfile(tokenizer_path):
-    sys.exit(f"error: {out_dir!r} has no tokenizer.model; "
-             "copy in the one the model was trained with")
-sp = spm.SentencePieceProcessor(model_file=tokenizer_path)
+sp = files.read_tokenizer(out_dir)
 max_seq_len = model.args.max_seq_len
 
 
@@ -213,7 +208,7 @@ shown = ", ".join(f"{k} {v:.4f}" if k.startswith("acc") else f"{k} {v:.2f}"
                   for k, v in scores.items())
 print(f"{task}: {shown} ({len(examples):,} examples of {path}, {seconds:.1f} s)", flush=True)
 record = {"task": task, "scores": scores, "n": len(examples), "seconds": round(seconds, 2),
-          "data": path, "data_sha256": sha256_file(path),
+          "data": path, "data_sha256": files.sha256_file(path),
           "iter": (config.get("train_state") or {}).get("iter"),
           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 # one os.write of one whole line, in append mode, then fsync: runs side by side add lines, and a

@@ -32,6 +32,7 @@ import struct
 import sys
 
 import numpy as np
+import sentencepiece as spm
 
 import hf_tokenizer
 from errors import Error
@@ -402,6 +403,14 @@ def log_records(path, until=None):
             records.append(record)
             end += len(line)
     return records, end
+
+
+def read_tokenizer(path):
+    """A checkpoint folder's tokenizer.model, loaded."""
+    tokenizer_path = os.path.join(path, "tokenizer.model")
+    if not os.path.isfile(tokenizer_path):
+        raise Error(f"{path!r} has no tokenizer.model; copy in the one the model was trained with")
+    return spm.SentencePieceProcessor(model_file=tokenizer_path)
 
 
 def read_config(path):

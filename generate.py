@@ -24,7 +24,6 @@ import cpu
 import files
 import plot
 import mlx.core as mx
-import sentencepiece as spm
 
 from configurator import check, configure
 from sampling import generate, stream_text
@@ -68,11 +67,7 @@ check(globals(), [("temperature", temperature >= 0, "at least 0"),
                   ("max_new_tokens", max_new_tokens > 0, "at least 1")])
 
 model, config = load_model(out_dir)
-tokenizer_path = os.path.join(out_dir, "tokenizer.model")
-if not os.path.isfile(tokenizer_path):
-    sys.exit(f"error: {out_dir!r} has no tokenizer.model; "
-             "copy in the one the model was trained with")
-sp = spm.SentencePieceProcessor(model_file=tokenizer_path)
+sp = files.read_tokenizer(out_dir)
 max_seq_len = model.args.max_seq_len
 mx.random.seed(seed)
 cpu.set_blas_threads(1)  # decoding is matrix-vector work: faster on one OpenBLAS thread than two

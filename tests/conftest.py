@@ -1,7 +1,9 @@
+import http.server
 import json
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -50,3 +52,56 @@ def losses(out_dir):
     """{iteration: training loss} from a run's log.jsonl."""
     records = [json.loads(line) for line in (Path(out_dir) / "log.jsonl").read_text().splitlines()]
     return {r["iter"]: r["loss"] for r in records if "loss" in r}
+
+
+class Server:
+    """HTTP on 127.0.0.1 serving `files` {path: bytes}, with Range requests; records each request.
+
+    cut[path] = n makes the next response for path drop the connection after n bytes of its body.
+    """
+
+    def __init__(self):
+        self.files, self.cut, self.requests, self.ranges = {}, {}, [], True
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.requests.append((self.path, self.headers.get("Range")))
+                data = server.files.get(self.path)
+                if data is None:
+                    return self.send_error(404)
+                start = (int(self.headers["Range"][6:].split("-")[0]) if self.headers.get("Range")
+                         else 0)
+                if start and server.ranges:
+                    if start >= len(data):
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(data)}")
+                        self.send_header("Content-Length", "0")
+                        return self.end_headers()
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    start = 0
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(data) - start))
+                self.end_headers()
+                body = data[start:]
+                if self.path in server.cut:
+                    body = body[:server.cut.pop(self.path)]
+                    self.close_connection = True
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    yield s
+    s.httpd.shutdown()
+    s.httpd.server_close()

@@ -3,14 +3,12 @@ test computes itself (from logits the test sets, and from a tiny model's forward
 ending's tokens with three kinds of SentencePiece tokenizer, the download from a local server, bad
 data, and transformers' log-likelihoods on the same folder."""
 import hashlib
-import http.server
 import io
 import json
 import math
 import random
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -275,39 +273,6 @@ def test_scores_are_the_forward_pass_log_likelihoods_of_the_tokens_that_cover_th
 
 # ----------------------------------------------------------------------------- data
 
-class Server:
-    """HTTP on 127.0.0.1 serving `files` {path: bytes}; records each request's path."""
-
-    def __init__(self):
-        self.files, self.requests = {}, []
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                server.requests.append(self.path)
-                if self.path not in server.files:
-                    return self.send_error(404)
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(server.files[self.path])))
-                self.end_headers()
-                self.wfile.write(server.files[self.path])
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
-        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
-
-
-@pytest.fixture
-def server():
-    s = Server()
-    yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
-
-
 def test_downloads_once_from_a_mirror_and_records_the_data_it_scored(server, tokenizers,
                                                                        tmp_path):
     ckpt = write_checkpoint(tmp_path / "out", tokenizers["ours"])
@@ -320,7 +285,8 @@ def test_downloads_once_from_a_mirror_and_records_the_data_it_scored(server, tok
         run("--out_dir=out", f"--task={task}", f"--url={url}", cwd=tmp_path)
         assert (tmp_path / "data" / "evals" / name).read_bytes() == blob
         run("--out_dir=out", f"--task={task}", f"--url={url}", "--limit=2", cwd=tmp_path)
-        assert server.requests.count(url[len(server.url):]) == 1  # cached: downloaded once
+        paths = [p for p, _ in server.requests]
+        assert paths.count(url[len(server.url):]) == 1  # cached: downloaded once
         records = [json.loads(line) for line in (ckpt / "evals.jsonl").read_text().splitlines()]
         for record, want in zip(records[-2:], (n, 2)):  # appended: the first run's line stays
             assert record["task"] == task and record["n"] == want

@@ -4,7 +4,6 @@ errors.
 Offline and fast: tiny corpora, and prepare.py run in this process (runpy) unless a test needs its
 command line."""
 import hashlib
-import http.server
 import importlib
 import io
 import json
@@ -15,7 +14,6 @@ import runpy
 import struct
 import subprocess
 import sys
-import threading
 import zipfile
 
 import numpy as np
@@ -408,59 +406,6 @@ def test_bad_input_exits_with_one_clear_line_and_writes_nothing(tmp_path, tiny_m
 
 
 # --------------------------------------------------------------------- downloads and named datasets
-
-class Server:
-    """HTTP on 127.0.0.1 serving `files` {path: bytes}, with Range requests; records each request.
-
-    cut[path] = n makes the next response for path drop the connection after n bytes of its body.
-    """
-
-    def __init__(self):
-        self.files, self.cut, self.requests, self.ranges = {}, {}, [], True
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                server.requests.append((self.path, self.headers.get("Range")))
-                data = server.files.get(self.path)
-                if data is None:
-                    return self.send_error(404)
-                start = (int(self.headers["Range"][6:].split("-")[0]) if self.headers.get("Range")
-                         else 0)
-                if start and server.ranges:
-                    if start >= len(data):
-                        self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{len(data)}")
-                        self.send_header("Content-Length", "0")
-                        return self.end_headers()
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                else:
-                    start = 0
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(data) - start))
-                self.end_headers()
-                body = data[start:]
-                if self.path in server.cut:
-                    body = body[:server.cut.pop(self.path)]
-                    self.close_connection = True
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
-        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
-
-
-@pytest.fixture
-def server():
-    s = Server()
-    yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
-
 
 def known(data):
     return len(data), hashlib.sha256(data).hexdigest()

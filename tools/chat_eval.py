@@ -15,7 +15,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from model import load_model  # first: model.py loads cpu.py, which must come before mlx.core
 import cpu
 import files
-import sentencepiece as spm
 
 from configurator import configure
 from sampling import generate
@@ -29,7 +28,7 @@ show = 3  # how many exchanges to print
 # -----------------------------------------------------------------------------
 configure(globals())
 model, _ = load_model(out_dir)
-sp = spm.SentencePieceProcessor(model_file=os.path.join(out_dir, "tokenizer.model"))
+sp = files.read_tokenizer(out_dir)
 tokens, info = files.read_tokens(data, os.path.join(out_dir, "tokenizer.model"))
 if info["mask"] is None:
     sys.exit(f"error: {data} holds text, not conversations; prepare a chat set first")
