@@ -13,6 +13,8 @@ mlx-lm's and Hugging Face's format: {"messages": [{"role": "system" | "user" | "
 """
 import json
 
+from errors import Error
+
 ROLES = ("system", "user", "assistant")
 B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
 
@@ -37,22 +39,22 @@ CHAT_TEMPLATE = (
 
 
 def check_conversation(messages):
-    """Raise ValueError unless messages is [system?] then user, assistant, ... ending with a reply,
-    every content a string."""
+    """Raise errors.Error unless messages is [system?] then user, assistant, ... ending with a
+    reply, every content a string."""
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-        raise ValueError('a row must be {"messages": [{"role": ..., "content": ...}, ...]}')
+        raise Error('a row must be {"messages": [{"role": ..., "content": ...}, ...]}')
     for i, m in enumerate(messages, 1):
         if m.get("role") not in ROLES:
-            raise ValueError(f"message {i} has the unknown role {m.get('role')!r} "
+            raise Error(f"message {i} has the unknown role {m.get('role')!r} "
                              f"(system, user or assistant)")
         if not isinstance(m.get("content"), str):
-            raise ValueError(f"message {i} ({m['role']}): its content is not a string")
+            raise Error(f"message {i} ({m['role']}): its content is not a string")
     roles = [m["role"] for m in messages]
     if "assistant" not in roles:
-        raise ValueError("no assistant turn, so nothing to learn from")
+        raise Error("no assistant turn, so nothing to learn from")
     turns = roles[1:] if roles[0] == "system" else roles
     if turns != ["user", "assistant"] * (len(turns) // 2):
-        raise ValueError(f"the roles go {', '.join(roles)}; after an optional system message "
+        raise Error(f"the roles go {', '.join(roles)}; after an optional system message "
                          f"they must alternate user, assistant, ..., ending with an assistant turn")
 
 
@@ -104,7 +106,7 @@ def render_conversation(sp, messages):
         pieces, offsets = encode_with_offsets(sp, text)
         start = len(prompt)
         if any(begin < start < end for begin, end in offsets):
-            raise ValueError("this tokenizer makes a piece that spans the space after [/INST], "
+            raise Error("this tokenizer makes a piece that spans the space after [/INST], "
                              "so a reply's tokens cannot be told apart; use one whose pieces "
                              "start at spaces (SentencePiece's default)")
         ids += [sp.bos_id(), *pieces, sp.eos_id()]
@@ -134,7 +136,7 @@ def is_chat_file(path):
 def read_conversations(path, to_messages=lambda row: row.get("messages")):
     """The conversations of a .jsonl file, a JSON object a line (blank lines skipped), each
     checked; to_messages turns a row into messages (for datasets of another shape). Raises
-    ValueError naming the file and the line."""
+    errors.Error naming the file and the line."""
     i = 0
     try:
         with open(path, encoding="utf-8") as f:
@@ -144,13 +146,13 @@ def read_conversations(path, to_messages=lambda row: row.get("messages")):
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"not JSON ({e.msg}); .jsonl wants a JSON object a line")
+                    raise Error(f"not JSON ({e.msg}); .jsonl wants a JSON object a line")
                 if not isinstance(row, dict):
-                    raise ValueError("not a JSON object")
+                    raise Error("not a JSON object")
                 messages = to_messages(row)
                 check_conversation(messages)
                 yield messages
     except UnicodeDecodeError:
-        raise ValueError(f"{path} is not UTF-8 text") from None
+        raise Error(f"{path} is not UTF-8 text") from None
     except ValueError as e:
-        raise ValueError(f"{path}, line {i}: {e}") from None
+        raise Error(f"{path}, line {i}: {e}") from None

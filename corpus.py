@@ -437,7 +437,7 @@ def dolly_messages(row):
     instruction, context, response = (row.get(k, "") for k in ("instruction", "context",
                                                                 "response"))
     if not all(isinstance(v, str) for v in (instruction, context, response)) or not instruction:
-        raise ValueError("a dolly row has the strings instruction, context and response")
+        raise Error("a dolly row has the strings instruction, context and response")
     user = f"{context.strip()}\n\n{instruction}" if context.strip() else instruction
     return [{"role": "user", "content": user}, {"role": "assistant", "content": response}]
 
@@ -461,7 +461,7 @@ def import_pyarrow():
 
 
 def check_parquet(pa, path):
-    """Exit with one line unless path is a parquet file with a "text" column of strings."""
+    """Raise an Error unless path is a parquet file with a "text" column of strings."""
     try:
         schema = pa.parquet.read_schema(path)  # the footer only
     except (OSError, pa.ArrowException) as e:

@@ -20,7 +20,7 @@ import re
 import sys
 import time
 
-from model import load_model  # first: model.py loads cpu.py, which must come before mlx.core
+from model import cross_entropy, load_model  # first: it loads cpu.py, which precedes mlx.core
 import mlx.core as mx
 import numpy as np
 
@@ -158,10 +158,8 @@ for b in range(0, len(requests), batch_size):
     y = np.zeros_like(x)  # causal mask keeps padding out of the real positions
     for i, r in enumerate(rows):
         x[i, :len(r) - 1], y[i, :len(r) - 1] = r[:-1], r[1:]
-    logits = model(mx.array(x)).astype(mx.float32)
-    y = mx.array(y)
-    logprobs = (mx.take_along_axis(logits, y[..., None], axis=-1)[..., 0]
-                - mx.logsumexp(logits, axis=-1))
+    logits, y = model(mx.array(x)), mx.array(y)
+    logprobs = -cross_entropy(logits, y)  # float32 whatever the model's dtype
     logprobs, hits = np.array(logprobs, np.float64), np.array(logits.argmax(axis=-1) == y)
     for i, (e, c, tokens, first) in enumerate(batch):
         # position j predicts token j + 1; the padding past len(rows[i]) - 1 is never read

@@ -54,6 +54,7 @@ import sentencepiece as spm
 import chat
 import corpus
 from configurator import configure
+from errors import Error
 from files import write_atomic, write_tokens
 
 # -----------------------------------------------------------------------------
@@ -156,18 +157,15 @@ elif not chats:
         t for s, t in corpus.split_documents(read(paths), val_fraction) if s == split)
 if chats:  # conversations: all read and checked before anything is written
     conversations = {split: [] for split in splits}
-    try:
-        if dataset == "pystdlib-chat":
-            pairs = corpus.stdlib_chats(corpus.stdlib_modules())
-        elif input:
-            pairs = corpus.split_documents((c for p in paths for c in chat.read_conversations(p)),
-                                           val_fraction)
-        else:
-            pairs = ((split, c) for split in splits for c in documents(split))
-        for split, messages in pairs:
-            conversations[split].append(messages)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
+    if dataset == "pystdlib-chat":
+        pairs = corpus.stdlib_chats(corpus.stdlib_modules())
+    elif input:
+        pairs = corpus.split_documents((c for p in paths for c in chat.read_conversations(p)),
+                                       val_fraction)
+    else:
+        pairs = ((split, c) for split in splits for c in documents(split))
+    for split, messages in pairs:  # a bad row: errors.Error, one line naming its file and line
+        conversations[split].append(messages)
     documents = conversations.get
 
 # 2. the tokenizer: trained on a random sample of the train documents, or reused -------------------
@@ -195,7 +193,7 @@ if chats:  # rendered in full first: a conversation the tokenizer cannot render 
     try:
         chunks = {split: list(corpus.tokenize_chats(documents(split), sp, stats[split]))
                   for split in splits}
-    except ValueError as e:
+    except Error as e:  # chat.render_conversation: the tokenizer cannot mark the replies
         sys.exit(f"error: {tokenizer}: {e}")
 else:
     chunks = {split: corpus.tokenize(itertools.islice(documents(split), val_docs or None)
