@@ -24,8 +24,9 @@ import time
 import numpy as np
 
 # first: model.py loads cpu.py
-from model import Model, ModelArgs, auto_dtype, cross_entropy, measure_peak_flops
+from model import Model, ModelArgs, cross_entropy
 import cpu
+from device import auto_dtype, cpu_model, measure_peak_flops
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
@@ -45,7 +46,7 @@ if unknown := set(only.split(",")) - {"peak", "train", "split", "generate", "pre
              "pick from peak,train,split,generate,prepare")
 here = os.path.dirname(os.path.abspath(__file__))
 results = {"device": f"{mx.default_device()}: {mx.device_info()['device_name']}",
-           "mlx": mx.__version__, "cpu": cpu.cpu_model(), "dtype": str(auto_dtype()).split(".")[-1],
+           "mlx": mx.__version__, "cpu": cpu_model(), "dtype": str(auto_dtype()).split(".")[-1],
            "blas": cpu.blas(), "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE")}
 
 

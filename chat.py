@@ -1,7 +1,7 @@
 """
 LLaMA-2's chat format, shared by prepare.py (conversations -> token files that say where the loss
-is), generate.py --chat (the ids it feeds each turn) and train.py (the chat template it writes for
-transformers and mlx-lm).
+is), generate.py --chat (the ids it feeds each turn, and which exchanges go when the context fills)
+and train.py (the chat template it writes for transformers and mlx-lm).
 
 Each exchange, a user turn and its reply, is what Meta's llama code makes of it:
     [BOS] + encode(f"[INST] {user.strip()} [/INST] {reply.strip()} ") + [EOS]
@@ -75,6 +75,40 @@ def turn_ids(sp, user, system=None):
     samples a reply up to EOS. Given the system prompt on the first turn only, turn_ids + reply +
     [EOS] over the exchanges is render_conversation's ids."""
     return [sp.bos_id()] + sp.encode(prompt_text(user, system))
+
+
+def conversation_ids(sp, exchanges, user, system=None):
+    """The ids of a conversation up to the reply to `user`: each of `exchanges`, a (user text,
+    reply ids) pair, as turn_ids + reply + [EOS], the system prompt folded into the first turn."""
+    ids = []
+    for past, reply in exchanges:
+        ids += turn_ids(sp, past, system) + reply + [sp.eos_id()]
+        system = None
+    return ids + turn_ids(sp, user, system)
+
+
+def next_turn(sp, exchanges, user, system, cached, context, max_new_tokens):
+    """The ids a chat loop feeds before it samples the reply to `user`, and the exchanges that stay.
+
+    `exchanges` is the conversation so far, (user text, reply ids) each, and a KV cache holds its
+    `cached` ids. If the turn fits after them with room for the reply (max_new_tokens, at most half
+    the `context`), it returns (the EOS that closes the last reply + the turn's ids, None): the
+    cache carries on. Otherwise the oldest exchanges go until the rest fit, and it returns (the ids
+    of the exchanges kept and of the turn, kept), for a new cache: RoPE has baked the positions
+    into the old one, so it cannot slide. Raises errors.Error if the turn alone leaves no room for
+    a reply."""
+    turn = turn_ids(sp, user, None if exchanges else system)
+    if len(turn) + 1 >= context:
+        raise Error(f"that turn alone is {len(turn)} tokens, the model's context {context}; say "
+                    f"it in fewer words")
+    feed = [sp.eos_id()] * bool(exchanges) + turn
+    room = min(max_new_tokens, context // 2)  # what a reply may need at the least
+    if cached + len(feed) + room <= context:
+        return feed, None
+    kept = exchanges
+    while kept and len(conversation_ids(sp, kept, user, system)) + room > context:
+        kept = kept[1:]
+    return conversation_ids(sp, kept, user, system), kept
 
 
 def encode_with_offsets(sp, text):

@@ -4,24 +4,22 @@ the two "# -----" rules at its top (what it computes after them is no setting), 
 
     python train.py config/tinyshakespeare.py --batch_size=8 --compile=False
 
-first runs the preset file (plain Python assignments), then applies each --key=value, and prints
-each change as "Overriding: key = value". A value must have the type of the default it replaces (an
-int is fine where a float is expected), and an unknown key is refused with the list of valid ones,
-so a typo never silently trains the wrong model. --help lists the settings block as the file has
-it: each setting with its default and comment, in its order and groups.
+first runs the preset file (plain Python assignments), then applies each --key=value, printing each
+change as "Overriding: key = value". A value must have the type of the default it replaces (an int
+is fine where a float is expected); an unknown key is refused with the list of valid ones, so a typo
+never silently trains the wrong model. --help lists the block as the file has it, with the defaults.
 """
-import ast
-import io
-import os
+import linecache
 import re
 import sys
 import tokenize
 import traceback
 import types
+from pathlib import Path
 
 from errors import Error, print_errors_as_one_line
 
-RULE = re.compile(r"# -{20,}")  # the lines above and below a script's settings
+BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 def configure(settings, argv=None, echo=None):
@@ -31,59 +29,51 @@ def configure(settings, argv=None, echo=None):
     (generate.py), nowhere when False (train.py's ranks after the first)."""
     print_errors_as_one_line()  # a script's errors, raised anywhere, end it with one line
     argv = sys.argv[1:] if argv is None else argv
-    block = settings_block(settings.get("__file__"))
-    keys = sorted(k for k, v in settings.items() if not k.startswith("_") and (
-        isinstance(v, (bool, int, float, str)) and (block is None or k in dict(block))))
+    block = settings_block(settings)
+    defaults = {k: v for k, v in sorted(settings.items()) if k in dict(block)
+                and not k.startswith("_") and isinstance(v, (bool, int, float, str))}
     if "-h" in argv or "--help" in argv:
         doc = (settings.get("__doc__") or "").strip()
         print(f"{doc}\n\nsettings (override as --key=value, or in a preset file given first):")
-        for name, comment in block or [(k, "") for k in keys]:
-            if name in keys:
+        for name, comment in block:
+            if name in defaults:
                 print((f"  --{name}={settings[name]!r}".ljust(34) + f"  {comment}").rstrip())
             elif not name:
-                print(f"{comment}")
+                print(comment)
         raise SystemExit(0)  # as argparse's --help does
     overrides = {}
     for arg in argv:
-        if not arg.startswith("--"):
-            if not os.path.isfile(arg):
-                raise Error(f"preset file {arg!r} not found (settings are given as "
-                            "--key=value)")
-            preset = read_preset(arg)
-            for key, value in preset.items():
-                # a preset may import math
-                if not key.startswith("_") and not isinstance(value, types.ModuleType):
-                    overrides[key] = _check(key, value, settings, keys, where=f" in {arg}")
-        else:
+        if arg.startswith("--"):
             key, eq, text = arg[2:].partition("=")
             if not eq:
                 raise Error(f"{arg!r} has no value; write --{key}=VALUE")
-            overrides[key] = _check(key, _parse(key, text, settings, keys), settings, keys)
+            overrides[key] = _setting(key, text, defaults)
+        elif not Path(arg).is_file():
+            raise Error(f"preset file {arg!r} not found (settings are given as --key=value)")
+        else:
+            for key, value in read_preset(arg).items():
+                # a preset may import math
+                if not key.startswith("_") and not isinstance(value, types.ModuleType):
+                    overrides[key] = _setting(key, value, defaults, preset=arg)
     settings.update(overrides)
     for key, value in overrides.items():
         if echo is not False:
             print(f"Overriding: {key} = {value!r}", file=echo or sys.stdout)
-    return {k: settings[k] for k in keys}
+    return {**defaults, **overrides}
 
 
-def settings_block(path):
-    """[(name, comment)] of the lines between a script's first two rules, in order: each
-    assignment with its comment on the line, and each comment line with name "". None for a
-    file without rules (or no file: a dict of settings)."""
-    if not path or not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        source = f.read()
-    rules = [i + 1 for i, line in enumerate(source.splitlines()) if RULE.fullmatch(line)][:2]
+def settings_block(settings):
+    """[(name, comment)] of the lines between the first two rules of the script whose globals are
+    `settings`: each assignment, and each comment line with name "". Each global for a dict."""
+    lines = linecache.getlines(settings.get("__file__") or "")  # [] for a dict
+    rules = [i for i, line in enumerate(lines) if re.fullmatch(r"# -{20,}\n", line)][:2]
     if len(rules) < 2:
-        return None
-    comments = {t.start[0]: t.string.lstrip("# ") for t in tokenize.generate_tokens(
-        io.StringIO(source).readline) if t.type == tokenize.COMMENT and rules[0] < t.start[0]}
-    names = {node.lineno: target.id for node in ast.parse(source).body
-             if isinstance(node, ast.Assign) for target in node.targets
-             if isinstance(target, ast.Name)}
-    return [(names.get(line, ""), comments.get(line, "")) for line in range(*rules)
-            if line in names or line in comments]
+        return [(key, "") for key in sorted(settings)]
+    comments = {t.start[0] - 1: t.string.lstrip("# ") for t in tokenize.generate_tokens(
+        iter(lines).__next__) if t.type == tokenize.COMMENT}
+    names = {i: lines[i].partition("=")[0].strip() for i in range(rules[0] + 1, rules[1])}
+    return [(name if name.isidentifier() else "", comments.get(i, ""))
+            for i, name in names.items() if name.isidentifier() or i in comments]
 
 
 def check(settings, rules):
@@ -93,33 +83,21 @@ def check(settings, rules):
             raise Error(f"--{name}={settings[name]!r} must be {must}")
 
 
-def _parse(key, text, settings, keys):
-    default = settings.get(key)
-    if key not in keys:
-        return text  # _check reports the unknown key
-    if isinstance(default, bool):
-        if text.lower() in ("true", "1", "yes"):
-            return True
-        if text.lower() in ("false", "0", "no"):
-            return False
-        raise Error(f"--{key} expects True or False, got {text!r}")
-    if isinstance(default, (int, float)):
+def _setting(key, value, defaults, preset=None):
+    """`value` for `key` with its default's type: the text of --key=value is parsed to it."""
+    where = f" in {preset}" if preset else ""
+    if key not in defaults:
+        raise Error(f"unknown setting {key!r}{where}; valid settings: {', '.join(defaults)}")
+    kind = type(defaults[key])
+    if preset is None:
         try:
-            return int(text) if isinstance(default, int) else float(text)
-        except ValueError:
-            raise Error(f"--{key} expects {type(default).__name__}, got {text!r}")
-    return text
-
-
-def _check(key, value, settings, keys, where=""):
-    if key not in keys:
-        raise Error(f"unknown setting {key!r}{where}; valid settings: {', '.join(keys)}")
-    default = settings[key]
-    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if type(value) is not type(default):
-        raise Error(f"{key}{where} expects {type(default).__name__}, got {value!r}")
-    return value
+            return BOOLS[value.lower()] if kind is bool else kind(value)
+        except (KeyError, ValueError):
+            expects = "True or False" if kind is bool else kind.__name__
+            raise Error(f"--{key} expects {expects}, got {value!r}")
+    if type(value) is not kind and not (kind is float and type(value) is int):
+        raise Error(f"{key}{where} expects {kind.__name__}, got {value!r}")
+    return kind(value)  # an int becomes a float
 
 
 def read_preset(path):
@@ -127,8 +105,7 @@ def read_preset(path):
     # one dict for globals and locals, so a comprehension in the preset sees its earlier lines
     namespace = {}
     try:
-        with open(path, encoding="utf-8") as f:
-            exec(compile(f.read(), path, "exec"), namespace)
+        exec(compile(Path(path).read_text(encoding="utf-8"), path, "exec"), namespace)
     except SyntaxError as e:
         raise Error(f"preset file {path}, line {e.lineno}: {e.msg}; a preset holds plain "
                     "assignments such as batch_size = 8")

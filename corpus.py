@@ -16,6 +16,7 @@ import http.client
 import importlib
 import inspect
 import io
+import itertools
 import json
 import math
 import os
@@ -130,6 +131,14 @@ def split_documents(texts, val_fraction):
         yield ("val", held[1]) if n_val == 0 and n > 1 else held
 
 
+def by_split(pairs, splits):
+    """{split: [document]} of (split, document) pairs, read in one pass."""
+    documents = {split: [] for split in splits}
+    for split, document in pairs:
+        documents[split].append(document)
+    return documents
+
+
 # ----------------------------------------------------------------------------- tokenizer
 
 def sample_documents(texts, max_bytes, seed):
@@ -210,6 +219,16 @@ def load_tokenizer(path):
     return model
 
 
+def base_tokenizer(data_dir, name):
+    """The path of the base's tokenizer, which conversations take: data/pystdlib/tokenizer.model."""
+    base = os.path.join(data_dir, "pystdlib", "tokenizer.model")
+    if not os.path.isfile(base):
+        raise Error(f"{name} holds conversations, to fine-tune a base model on, so it takes the "
+                    f"base's tokenizer, and {base} (the default run's) is not there; run "
+                    "`python prepare.py` first, or pass --tokenizer=PATH")
+    return base
+
+
 def segment_chars(sp):
     """How long a piece of a document may be encoded alone, or None if documents must be encoded
     whole.
@@ -228,9 +247,9 @@ def segment_chars(sp):
 
 # ----------------------------------------------------------------------------- tokenize
 
-def tokenize(texts, sp, stats, num_threads=os.cpu_count() or 1, chunk_chars=1 << 22):
+def tokenize(texts, sp, stats, num_threads=os.cpu_count() or 1, chunk_chars=1 << 22, max_docs=0):
     """Yield (tokens, n_bytes) chunks of [BOS] + tokens + [EOS] per text, encoding ~chunk_chars of
-    text per call.
+    text per call; max_docs > 0: of the first this many texts only, no more read.
 
     Long texts are cut into pieces (see segment_chars), so memory stays bounded by the chunk and the
     longest text; stats gets docs, bytes and seconds as they go.
@@ -254,7 +273,7 @@ def tokenize(texts, sp, stats, num_threads=os.cpu_count() or 1, chunk_chars=1 <<
                f"{mb / stats['seconds']:.1f} MB/s")
         return np.array(out, dtype=np.uint32), n_bytes
 
-    for text in texts:
+    for text in itertools.islice(texts, max_docs or None):
         for i, (piece, last) in enumerate(cut_after_newlines(text, size or len(text))):
             pending.append((piece, i == 0, last))
             n_chars += len(piece)
@@ -276,13 +295,16 @@ def cut_after_newlines(text, size):
         start = end
 
 
-def tokenize_chats(conversations, sp, stats):
+def tokenize_chats(conversations, sp, stats, tokenizer):
     """Yield (tokens, flags, n_bytes) a conversation: chat.render_conversation's ids, LOSS where
     its mask is 1 and START on its first BOS, and the size of its replies' text; stats gets docs,
-    bytes, loss_tokens and seconds as they go."""
+    bytes, loss_tokens and seconds as they go. An Error names `tokenizer`, sp's file."""
     start = time.time()
     for messages in conversations:
-        ids, mask = chat.render_conversation(sp, messages)
+        try:
+            ids, mask = chat.render_conversation(sp, messages)
+        except Error as e:
+            raise Error(f"{tokenizer}: {e}") from None
         flags = np.array(mask, np.uint8) * LOSS
         flags[0] |= START
         n_bytes = chat.reply_bytes(messages)
@@ -292,6 +314,21 @@ def tokenize_chats(conversations, sp, stats):
         stats["seconds"] = time.time() - start
         status(f"{stats['name']}: {stats['docs']:,} conversations")
         yield np.array(ids, np.uint32), flags, n_bytes
+
+
+def split_written(stats, n_tokens, chats=False):
+    """Say on stderr what a split's stats (see tokenize) came to; returns its meta.json entry."""
+    mb, seconds = stats["bytes"] / 1e6, stats["seconds"]
+    if chats:
+        status(f"{stats['name']}: {stats['docs']:,} conversations -> {n_tokens:,} tokens, "
+               f"{stats['loss_tokens']:,} of them replies' ({mb:,.2f} MB of text) in "
+               f"{seconds:.1f} s", done=True)
+    else:
+        status(f"{stats['name']}: {stats['docs']:,} docs, {mb:,.1f} MB -> {n_tokens:,} tokens "
+               f"({stats['bytes'] / max(n_tokens, 1):.2f} bytes/token) in {seconds:.1f} s, "
+               f"{mb / max(seconds, 1e-9):.1f} MB/s", done=True)
+    return dict(docs=stats["docs"], tokens=n_tokens, bytes=stats["bytes"], seconds=seconds,
+                **({"loss_tokens": stats["loss_tokens"]} if chats else {}))
 
 
 _last_status = time.time()  # the first line comes after a while: quick stages print none
@@ -442,10 +479,9 @@ def dolly_messages(row):
     return [{"role": "user", "content": user}, {"role": "assistant", "content": response}]
 
 
-def dolly(paths, split):
+def dolly(paths):
     # no split of its own: every 20th conversation is val
-    rows = chat.read_conversations(paths["url"], dolly_messages)
-    return (c for s, c in split_documents(rows, 0.05) if s == split)
+    return split_documents(chat.read_conversations(paths["url"], dolly_messages), 0.05)
 
 
 def import_pyarrow():
@@ -504,8 +540,12 @@ def fineweb(paths, split):
 
 
 HF_TINYSTORIES = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/"
-# name: files {setting: (name in raw/, default URL, size, sha256 when known)}, reader, splits
+# name: files {setting: (name in raw/, default URL, size, sha256 when known)}, splits (train and
+# val if none), and read(paths, split) -> the split's documents, or, for conversations,
+# conversations(paths) -> (split, messages) pairs, read once. (pystdlib is prepare.py's own.)
 DATASETS = {
+    # built here from the standard library's docstrings (stdlib_chats, below): no files
+    "pystdlib-chat": dict(files={}, conversations=lambda paths: stdlib_chats(stdlib_modules())),
     "tinyshakespeare": dict(
         files={"url": ("input.txt",
                        "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/"
@@ -524,7 +564,7 @@ DATASETS = {
                        "https://wikitext.smerity.com/wikitext-103-raw-v1.zip", 191984949,
                        "91c00ae287f0d699e18605c84afc9e45c192bc6b7797ff8837e5474655a33794")},
         read=wikitext, splits=("train", "val", "test")),
-    # Conversations, for fine-tuning a base (chat=True). Dolly: 15k instructions and replies that
+    # Conversations, for fine-tuning a base. Dolly: 15k instructions and replies that
     # Databricks' staff wrote by hand (CC BY-SA 3.0), 13 MB: open and closed questions,
     # summaries, brainstorms, most replies a few sentences of plain English, which a small model
     # can learn the shape of. (Alpaca is machine-written and non-commercial; OpenAssistant's
@@ -534,20 +574,65 @@ DATASETS = {
         files={"url": ("databricks-dolly-15k.jsonl",
                        "https://huggingface.co/datasets/databricks/databricks-dolly-15k/resolve/"
                        "main/databricks-dolly-15k.jsonl", None, None)},
-        read=dolly, splits=("train", "val"), chat=True),
+        conversations=dolly, splits=("train", "val")),
     # FineWeb-Edu (Hugging Face's educational web pages, sample-100BT) as nanochat distributes it,
     # shuffled into 1,823 parquet shards of ~250M characters (~100 MB, zstd) in row groups of 1,024
-    # documents, one "text" column; nanochat pins the last shard as val. shards=N: the file is a
-    # pattern, downloaded for the first --shards indices and the last. Size and hash unknown:
-    # Content-Length is checked.
+    # documents, one "text" column; nanochat pins the last shard as val. shards=N: the name is a
+    # pattern and the URL its folder's, downloaded for the first --shards indices and the last.
+    # Size and hash unknown: Content-Length is checked.
     "fineweb-edu": dict(
         files={"url": ("shard_{index:05d}.parquet",
                        "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/"
-                       "main/shard_{index:05d}.parquet", None, None)},
+                       "main/", None, None)},
         read=fineweb, splits=("train", "val"), shards=1823),
 }
 VOCAB_SIZES = {"pystdlib": 4096, "tinyshakespeare": 1024, "tinystories": 4096,
                "wikitext103": 8192, "fineweb-edu": 32768}  # prepare's default
+
+
+def check_settings(dataset, input, data_dir, mirrors, val_fraction, val_docs, shards):
+    """Raise an Error unless prepare.py's settings name one corpus (pystdlib, one of DATASETS, or
+    --input with a name of the user's own), only mirrors ({setting: URL}) and --shards that apply
+    to it, and a val_fraction and val_docs that can be."""
+    names = ", ".join(["pystdlib", *DATASETS])
+    if input and (dataset == "pystdlib" or dataset in DATASETS):
+        raise Error(f"--input needs --dataset=NAME, a name of your own for its folder "
+                    f"{data_dir}/NAME (not one of {names})")
+    if not input and dataset != "pystdlib" and dataset not in DATASETS:
+        raise Error(f"unknown --dataset={dataset}; pick one of {names}, or bring your own text "
+                    "with --input=")
+    spec, where = ({}, "--input") if input else (DATASETS.get(dataset, {}), dataset)
+    for setting, value in mirrors.items():
+        if value and setting not in spec.get("files", {}):
+            raise Error(f"--{setting} does not apply to {where}")
+    if not 0 < val_fraction < 1:
+        raise Error(f"--val_fraction={val_fraction} must be between 0 and 1")
+    if val_docs < 0:
+        raise Error(f"--val_docs={val_docs} must be at least 0 (0 keeps every val document)")
+    n_shards = spec.get("shards")
+    if shards != 1 and not n_shards:
+        raise Error(f"--shards does not apply to {where}, only to fineweb-edu")
+    if n_shards and not 1 <= shards < n_shards:
+        raise Error(f"--shards={shards} must be between 1 and {n_shards - 1:,}: {dataset} has "
+                    f"{n_shards:,} shards, and the last is val")
+
+
+def download_files(spec, folder, mirrors, shards=1):
+    """A named dataset's files (spec: its DATASETS entry), downloaded once into folder: {setting:
+    path}, or for a sharded one {setting: [path]}, its first `shards` shards (train), then its last
+    (val). mirrors: {setting: a mirror's URL of the file (of the shards' folder), or ""}."""
+    if n_shards := spec.get("shards"):  # parquet: say what is missing before downloading 100 MB
+        import_pyarrow()
+    raw = {}
+    for setting, (name, url, size, sha256) in spec.get("files", {}).items():
+        url = mirrors[setting] or url
+        if not n_shards:
+            raw[setting] = download(url, os.path.join(folder, name), size, sha256, setting)
+            continue
+        names = [name.format(index=i) for i in [*range(shards), n_shards - 1]]
+        raw[setting] = [download(url.rstrip("/") + "/" + shard, os.path.join(folder, shard), size,
+                                 sha256, setting) for shard in names]
+    return raw
 
 
 # ----------------------------------------------------------------------------- pystdlib-chat

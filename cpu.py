@@ -15,12 +15,12 @@ exists (numbers in the README, "Speed"):
 - Chunked attention: MLX's CPU attention is not fused; it computes every score and then masks half
   away.
 - Worker threads: MLX runs each elementwise op of a CPU stream on one core; only matmuls use more.
+- A buffer cache as big as a step: MLX's default of 32 MB page-faulted every step's activations.
 """
 import ctypes
 import importlib.metadata
 import math
 import os
-import platform
 import queue
 import sys
 import tempfile
@@ -130,19 +130,6 @@ def blas():
             f"{_openblas.openblas_get_num_threads()} threads")
 
 
-def cpu_model():
-    """The CPU, as /proc/cpuinfo names it (with its family and model, which tell AMD's Zen
-    generations apart), or macOS's sysctl."""
-    if sys.platform == "darwin":
-        return os.popen("sysctl -n machdep.cpu.brand_string").read().strip()
-    with open("/proc/cpuinfo") as f:  # the first CPU's lines, "key : value"
-        info = dict(map(str.strip, line.split(":", 1)) for line in f.read().split("\n\n")[0]
-                    .splitlines() if ":" in line)
-    name = info.get("model name", platform.machine())
-    return f"{name} (family {info.get('cpu family')}, model {info['model']})" if "model" in info \
-        else name
-
-
 def _cpu_flags():
     with open("/proc/cpuinfo") as f:
         return next((line.split(":")[1].split() for line in f if line.startswith("flags")), [])
@@ -152,6 +139,10 @@ _openblas = _load_openblas()  # first: this must run before mlx.core is imported
 from mlx import core as mx, nn, utils  # noqa: E402
 
 ON_CPU = mx.default_device() == mx.cpu
+if ON_CPU:
+    # MLX's CPU allocator keeps 32 MB of freed buffers for reuse; the rest of a step's hundreds of
+    # MB went back to the OS, and came back a page fault at a time (docs/benchmarks.md)
+    mx.set_cache_limit(mx.get_memory_limit() // 4)
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 LOG2E = math.log2(math.e)
 CHUNK = 64  # queries per block of attention
@@ -228,7 +219,7 @@ class Workers:
 
     Each thread has its own MLX stream (streams belong to the thread that made them) and its own
     copy of the model's structure, made by make_model, holding the main model's weight arrays (no
-    copies: they are handed over before every call); OpenBLAS splits the cores between the threads.
+    copies: they are handed over before every call); while they run, OpenBLAS splits the cores.
     The shares are rows share, share + n, ... of the batch; the results are their means, weighed
     by their sizes.
     """
@@ -243,7 +234,6 @@ class Workers:
                              args=(share, replica, loss_fn, compile, jobs, results),
                              daemon=True).start()
             self.queues.append((jobs, results))
-        set_blas_threads(max(1, CORES // n))
 
     def _work(self, share, replica, loss_fn, compile, jobs, results):
         loss_and_grad = nn.value_and_grad(replica, loss_fn)
@@ -268,9 +258,11 @@ class Workers:
         rows = len(batch[0])
         sizes = [len(range(share, rows, self.n)) for share in range(self.n)]
         busy = [q for q, size in zip(self.queues, sizes) if size]  # a small batch leaves some idle
+        set_blas_threads(max(1, CORES // self.n))
         for jobs, _ in busy:
             jobs.put((grads, batch))
         outs = [results.get() for _, results in busy]
+        set_blas_threads(CORES)  # the update between batches (Muon's matmuls) gets them all
         for out in outs:
             if isinstance(out, BaseException):
                 raise out

@@ -1,12 +1,8 @@
 """
 Sample text from a checkpoint folder written by train.py (or any llama folder with a
-tokenizer.model).
-
-Reads out_dir/{config.json,model.safetensors,tokenizer.model}; prints the samples as they are
-produced. With --interactive=True it reads prompts from stdin instead, one a line, and prints one
-sample for each, until an empty line or the end of the input (Ctrl-D). With --chat=True (a model
-fine-tuned on conversations: train.py config/chat.py) each line is a user turn of one conversation,
-and the model's reply follows it.
+tokenizer.model): reads out_dir/{config.json,model.safetensors,tokenizer.model} and prints the
+samples as they are produced, or with --interactive=True a sample for each line of stdin, or with
+--chat=True (a model fine-tuned on conversations: config/chat.py) the reply to each.
 
     python generate.py --prompt="def fibonacci(n):" --max_new_tokens=200 --temperature=0.7
     python generate.py --prompt=FILE:prompt.txt --num_samples=3 --top_k=50
@@ -26,31 +22,25 @@ import plot
 import mlx.core as mx
 
 from configurator import check, configure
+from errors import Error
 from sampling import generate, stream_text
 
 # -----------------------------------------------------------------------------
 out_dir = "out"  # the checkpoint folder
 prompt = ""  # the text to continue; FILE:path reads it from a file; empty starts a new document
-# read the prompts from stdin, one a line, one sample each; an empty line or end of input stops
-interactive = False
-# a conversation on stdin: a user turn a line, the model's reply after each, LLaMA-2's chat format
-chat = False
+interactive = False  # prompts from stdin, a sample for each line, up to an empty line or the end
+chat = False  # a conversation on stdin: a user turn a line, the reply after each (LLaMA-2's format)
 system = ""  # with chat: the system prompt, folded into the first turn
 num_samples = 2  # samples of the prompt (not with interactive)
 max_new_tokens = 300
 temperature = 0.8  # 0 means greedy: always the most likely token
 top_k = 0  # keep only the k most likely tokens; 0 keeps all
-# keep the smallest set of tokens whose probability reaches p (nucleus sampling); 1 keeps all
-top_p = 0.95
-# keep only the tokens at least min_p times as likely as the most likely one; 0 keeps all
-min_p = 0.0
-# > 1 makes the tokens of the recent context less likely (CTRL's rule); 1 is off
-repetition_penalty = 1.0
-# how many of the last tokens repetition_penalty looks at; 0 means the whole context
-repetition_context = 20
+top_p = 0.95  # keep the smallest set of tokens whose probability reaches p (nucleus); 1 keeps all
+min_p = 0.0  # keep only the tokens at least min_p times as likely as the most likely; 0 keeps all
+repetition_penalty = 1.0  # > 1 makes the recent context's tokens less likely (CTRL's rule); 1: off
+repetition_context = 20  # how many recent tokens repetition_penalty looks at; 0: the whole context
 seed = 1337
-# draw each layer's and head's attention over the prompt's tokens into this SVG file, instead
-attention = ""
+attention = ""  # draw each layer's and head's attention over the prompt into this SVG file, instead
 # -----------------------------------------------------------------------------
 configure(globals(), echo=sys.stderr)
 if prompt.startswith("FILE:"):
@@ -83,28 +73,26 @@ def encode(prompt):
     return tokens
 
 
-def write_sample(prompt, prompt_tokens):
-    """The prompt and a continuation on stdout as it is produced, up to EOS or max_new_tokens; the
-    speed on stderr."""
-    t0, arrivals = time.perf_counter(), []
+def write_sample(prompt, prompt_tokens, cache=None):
+    """The prompt and a continuation on stdout as it comes, up to EOS or max_new_tokens, the speed
+    on stderr; with the chat loop's cache, a reply (no speed, no leading space). Returns its ids."""
+    t0, arrivals, new = time.perf_counter(), [], []
 
     def new_tokens():
-        for token in generate(model, prompt_tokens, max_new_tokens, sp.eos_id(), **sampling):
+        for token in generate(model, prompt_tokens, max_new_tokens, sp.eos_id(), cache, **sampling):
             arrivals.append(time.perf_counter())
+            new.append(token)
             yield token
-
-    sys.stdout.write(prompt)
-    for text in stream_text(sp, prompt_tokens, new_tokens()):
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
-    sys.stdout.flush()  # a program reading the answers through a pipe gets each one whole, now
-    elapsed = time.perf_counter() - t0
-    if arrivals:
-        t_first = arrivals[0]
-        rate = (len(arrivals) - 1) / max(time.perf_counter() - t_first, 1e-9)
-        print(f"[{len(arrivals)} tokens in {elapsed:.2f} s: prompt {len(prompt_tokens)} tokens in "
-              f"{t_first - t0:.3f} s, then {rate:.1f} tokens/s]", file=sys.stderr)
+    print(prompt, end="")
+    for i, text in enumerate(stream_text(sp, prompt_tokens, new_tokens())):
+        print(text.lstrip() if i == 0 and cache is not None else text, end="", flush=True)
+    print(flush=True)  # a program reading the answers through a pipe gets each one whole, now
+    t1 = time.perf_counter()
+    if arrivals and cache is None:
+        rate = (len(arrivals) - 1) / max(t1 - arrivals[0], 1e-9)
+        print(f"[{len(arrivals)} tokens in {t1 - t0:.2f} s: prompt {len(prompt_tokens)} tokens in "
+              f"{arrivals[0] - t0:.3f} s, then {rate:.1f} tokens/s]", file=sys.stderr)
+    return new
 
 
 def read_prompts():
@@ -112,8 +100,7 @@ def read_prompts():
     which keeps stdout to the text, as with a pipe."""
     while True:
         if sys.stdin.isatty():
-            sys.stderr.write("> ")
-            sys.stderr.flush()
+            print("> ", end="", file=sys.stderr, flush=True)
         line = sys.stdin.readline()
         if not line and sys.stdin.isatty():
             sys.stderr.write("\n")  # Ctrl-D leaves the cursor after "> "
@@ -121,50 +108,6 @@ def read_prompts():
         if not line:
             return
         yield line
-
-
-def conversation(exchanges, line):
-    """The ids of the exchanges so far, (user, reply ids) each, and of the next user turn."""
-    ids, first = [], system or None  # the system prompt goes into the first turn
-    for user, reply in exchanges:
-        ids += chat_format.turn_ids(sp, user, first) + reply + [sp.eos_id()]
-        first = None
-    return ids + chat_format.turn_ids(sp, line, first)
-
-
-def chat_loop():
-    """One conversation: each line of stdin a user turn, the reply streamed after it. The KV cache
-    carries over from turn to turn; when the context fills, the oldest exchanges go."""
-    cache, exchanges, warned = model.make_cache(), [], False
-    room = min(max_new_tokens, max_seq_len // 2)  # what a reply may need at the least
-    for line in read_prompts():
-        turn = chat_format.turn_ids(sp, line, None if exchanges else system or None)
-        if len(turn) + 1 >= max_seq_len:
-            print(f"note: that turn alone is {len(turn)} tokens, the model's context "
-                  f"{max_seq_len}; say it in fewer words", file=sys.stderr)
-            continue
-        feed = [sp.eos_id()] * bool(exchanges) + turn  # the EOS closes the last reply
-        if cache[0].offset + len(feed) + room > max_seq_len:
-            # what stays is encoded afresh: the cache's positions are baked in by RoPE
-            while exchanges and len(conversation(exchanges, line)) + room > max_seq_len:
-                exchanges.pop(0)
-            feed, cache = conversation(exchanges, line), model.make_cache()
-            if not warned:
-                print(f"note: the conversation is longer than the model's context of "
-                      f"{max_seq_len} tokens; its oldest exchanges go", file=sys.stderr)
-            warned = True
-        reply = []
-
-        def tokens():  # the reply's ids as they come, and kept for the history
-            for token in generate(model, feed, max_new_tokens, sp.eos_id(), cache, **sampling):
-                reply.append(token)
-                yield token
-        for i, text in enumerate(stream_text(sp, feed, tokens())):
-            sys.stdout.write(text.lstrip() if i == 0 else text)  # replies start with a space
-            sys.stdout.flush()
-        sys.stdout.write("\n")
-        sys.stdout.flush()
-        exchanges.append((line, reply))
 
 
 if attention:
@@ -175,14 +118,27 @@ if attention:
                                                      f"{out_dir}: {prompt[:60]!r}").encode())
     print(f"wrote {attention}: {weights.shape[0]} layers x {weights.shape[1]} heads over "
           f"{len(tokens)} tokens", file=sys.stderr)
-elif chat:
-    chat_loop()
+elif chat:  # one conversation; the KV cache carries over from turn to turn
+    cache, exchanges, warned = model.make_cache(), [], False
+    for line in read_prompts():
+        try:
+            feed, kept = chat_format.next_turn(sp, exchanges, line, system or None,
+                                               cache[0].offset, max_seq_len, max_new_tokens)
+        except Error as e:
+            print(f"note: {e}", file=sys.stderr)
+            continue
+        if kept is not None and not warned:  # said once
+            print(f"note: the conversation is longer than the model's context of "
+                  f"{max_seq_len} tokens; its oldest exchanges go", file=sys.stderr)
+        if kept is not None:  # the ids start a new cache
+            exchanges, cache, warned = kept, model.make_cache(), True
+        exchanges.append((line, write_sample("", feed, cache)))
 elif interactive:
     for line in read_prompts():
         write_sample(line, encode(line))
 else:
     prompt_tokens = encode(prompt)
     for i in range(num_samples):
-        write_sample(prompt, prompt_tokens)
-        if i < num_samples - 1:
+        if i:
             print("-" * 60)
+        write_sample(prompt, prompt_tokens)

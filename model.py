@@ -10,8 +10,6 @@ cpu.py first).
 import glob
 import math
 import os
-import re
-import time
 from dataclasses import dataclass, fields
 
 import cpu  # first: on Linux it loads OpenBLAS, which must happen before mlx.core is imported
@@ -322,40 +320,3 @@ def load_model(path):
         raise Error(f"the weights in {path!r} do not fit its config.json: {e}")
     mx.eval(model.parameters())
     return model, config
-
-
-def auto_dtype():
-    """What train.py's dtype=auto computes in: bfloat16 where the GPU has it natively (Apple's from
-    the M3 on, Metal's applegpu_g15 and later; CUDA's from Ampere on), else float32: M1 and M2 GPUs
-    emulate bfloat16, and the CPU's BLAS has none (docs/precision.md)."""
-    if mx.default_device() != mx.gpu:
-        return mx.float32
-    gpu = mx.device_info()
-    apple = re.match(r"applegpu_g(\d+)", str(gpu.get("architecture", "")))
-    native = int(apple[1]) >= 15 if apple else gpu.get("compute_capability_major", 8) >= 8
-    return mx.bfloat16 if native else mx.float32
-
-
-def measure_peak_flops(dtype=mx.float32):
-    """The device's matmul throughput in `dtype`, in FLOP/s: the denominator of the MFU that
-    train.py and bench.py report.
-
-    The best of several short runs: a busy moment can only make a run slower, never faster. A GPU
-    does a 4096-cubed matmul in a millisecond or less, near the cost of a launch and a sync, so
-    there each timing chains ten of them in one evaluation.
-    """
-    n, chain = (4096, 10) if mx.default_device() == mx.gpu else (1024, 3)
-    a = mx.random.normal((n, n)).astype(dtype)
-    b = (mx.random.normal((n, n)) / math.sqrt(n)).astype(dtype)  # keeps a @ b @ b ... finite
-    def run():
-        x = a
-        for _ in range(chain):
-            x = x @ b
-        mx.eval(x)
-    run()
-    best = float("inf")
-    for _ in range(5):
-        t = time.perf_counter()
-        run()
-        best = min(best, (time.perf_counter() - t) / chain)
-    return 2 * n ** 3 / best

@@ -1,10 +1,10 @@
 """
-A training run's loss as an SVG image: plain text, no plotting library, so it works wherever
-train.py does.
+Charts as SVG images: plain text, no plotting library, so they work wherever train.py does.
 
-Reads the records of log.jsonl; train.py writes loss_svg(...) to out_dir/loss.svg at every eval, so
-a browser tab on that file shows the run so far. By hand, for a run's log (16384 = its tokens per
-iteration):
+loss_svg draws a run's log.jsonl: train.py writes it to out_dir/loss.svg at every eval, so a
+browser tab on that file shows the run so far. chart draws any curves on those axes (compare.py's
+runs side by side); attention_svg draws generate.py --attention. By hand, for a run's log
+(16384 = its tokens per iteration):
 
     python -c "import json, plot; print(plot.loss_svg(map(json.loads, open('out/log.jsonl')),
                16384))" >loss.svg
@@ -14,38 +14,27 @@ from xml.sax.saxutils import escape
 
 W, H = 800, 450
 LEFT, RIGHT, TOP, BOTTOM = 70, W - 70, 50, H - 60  # the plot area; the margins hold the labels
-CURVES = {  # class: (log.jsonl key, legend, colour, line width)
-    "train-loss": ("loss", "train loss", "#9ecae1", 1),
-    "eval-train": ("train_loss", "eval train loss", "#1f77b4", 2),
-    "eval-val": ("val_loss", "eval val loss", "#e6550d", 2),
+CURVES = {  # class: (log.jsonl key, legend, colour, line width, a dot a point: evals are few)
+    "train-loss": ("loss", "train loss", "#9ecae1", 1, False),
+    "eval-train": ("train_loss", "eval train loss", "#1f77b4", 2, True),
+    "eval-val": ("val_loss", "eval val loss", "#e6550d", 2, True),
 }
 MAX_POINTS = 1000
 
 
-def _num(record, key):
+def points(records, *keys):
+    """(iter, *values) of each record whose iter and keys are all numbers that can be drawn."""
     # A missing value, a NaN, an inf, or a value so near the float limit that scaling it would
     # overflow is skipped: the chart shows what can be drawn, and never raises.
-    try:
-        v = float(record[key])
-    except (KeyError, TypeError, ValueError):
-        return None
-    return v if abs(v) < 1e300 else None  # False for NaN too
-
-
-def _points(records, key):
-    pts = ((_num(r, "iter"), _num(r, key)) for r in records)
-    return [(x, y) for x, y in pts if x is not None and y is not None]
-
-
-def _last_eval(records):
-    # bpb = val_loss / ln 2 * n_tokens / n_bytes is val loss times one constant per run,
-    # k = val_bpb / val_loss: the right axis relabels the loss ticks with it instead of drawing a
-    # fourth curve that repeats the val one.
-    for r in reversed(records):
-        it, v, b = _num(r, "iter"), _num(r, "val_loss"), _num(r, "val_bpb")
-        if it is not None and v and b is not None and abs(b / v) < 1e300:
-            return it, v, b
-    return None
+    pts = []
+    for r in records:
+        try:
+            p = tuple(float(r[k]) for k in ("iter", *keys))
+        except (KeyError, TypeError, ValueError):
+            continue
+        if all(abs(v) < 1e300 for v in p):  # False for NaN too
+            pts.append(p)
+    return pts
 
 
 def _thin(pts):
@@ -57,8 +46,9 @@ def _thin(pts):
     return [(sum(p[0] for p in c) / len(c), sum(p[1] for p in c) / len(c)) for c in chunks]
 
 
-def ticks(lo, hi, integer=False):
-    """Round tick values (1, 2 or 5 times a power of ten apart) covering [lo, hi], and that step."""
+def ticks(lo, hi, a, b, integer=False):
+    """Round tick values (1, 2 or 5 times a power of ten apart) covering [lo, hi], that step, and
+    the map from a value to its pixel: the first tick to a, the last to b."""
     if hi - lo <= 1e-9 * max(abs(lo), abs(hi), 1e-300):  # one value, or all equal: give it room
         pad = abs(lo) * 0.1 or 1.0
         lo, hi = lo - pad, hi + pad
@@ -66,8 +56,9 @@ def ticks(lo, hi, integer=False):
     mag = 10.0 ** math.floor(math.log10(raw))
     step = mag * next(m for m in (1, 2, 5, 10) if m * mag >= raw)
     step = max(step, 1) if integer else step
-    ticks = [k * step for k in range(math.floor(lo / step), math.ceil(hi / step) + 1)]
-    return [t for t in ticks if math.isfinite(t)], step
+    ts = [k * step for k in range(math.floor(lo / step), math.ceil(hi / step) + 1)]
+    ts = [t for t in ts if math.isfinite(t)]
+    return ts, step, lambda v: a + (v - ts[0]) / (ts[-1] - ts[0]) * (b - a)
 
 
 def fmt(v, step):
@@ -92,76 +83,74 @@ def loss_svg(records, tokens_per_iter, title=""):
     """records: the dicts of log.jsonl in order. Training lines have "iter" and "loss"; eval lines
     have "iter", "train_loss", "val_loss" and "val_bpb". Returns the text of an SVG image."""
     records = list(records)
-    curves = {name: _points(records, key) for name, (key, *_) in CURVES.items()}
-    last = _last_eval(records)
+    curves = [(name, *style, points(records, key)) for name, (key, *style) in CURVES.items()]
+    train = curves[0][-1]  # CURVES' first: the loss of each training line
+    # bpb = val_loss / ln 2 * n_tokens / n_bytes is val loss times one constant per run,
+    # k = val_bpb / val_loss: the right axis relabels the loss ticks with it instead of drawing a
+    # fourth curve that repeats the val one.
+    evals = [e for e in points(records, "val_loss", "val_bpb") if e[1] and abs(e[2] / e[1]) < 1e300]
     head = [title] if title else []
-    if last:
-        head.append(f"iter {last[0]:.0f}: val loss {last[1]:.3f} nats/token, "
-                    f"{last[2]:.3f} bits/byte")
-    elif curves["train-loss"]:
-        head.append(f"iter {curves['train-loss'][-1][0]:.0f}: "
-                    f"train loss {curves['train-loss'][-1][1]:.3f}")
-    curves["train-loss"] = _thin(curves["train-loss"])
+    if evals:
+        it, val, bpb = evals[-1]
+        head.append(f"iter {it:.0f}: val loss {val:.3f} nats/token, {bpb:.3f} bits/byte")
+    elif train:
+        head.append(f"iter {train[-1][0]:.0f}: train loss {train[-1][1]:.3f}")
+    # the right axis is the val curve's second scale, so it wears its colour
+    right = ("val bits/byte", "bpb-tick", CURVES["eval-val"][2], bpb / val) if evals else None
+    return chart(" | ".join(head), curves, "loss (nats/token)", "iteration", tokens_per_iter, right)
+
+
+def chart(title, curves, y_title, x_title, tokens_per_x=0, right=None):
+    """The SVG of curves, (class, legend, colour, width, dots, points) each, on one pair of axes.
+    tokens_per_x: a second row of x labels, the tokens seen; right: (title, class, colour, factor)
+    for a second y scale at the right, tick * factor."""
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" version="1.1" width="{W}" height="{H}" '
            f'viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">',
            f'<rect width="{W}" height="{H}" fill="white"/>',
-           text(W / 2, 26, " | ".join(head), cls="title", extra=' font-size="15"')]
-    pts = [p for c in curves.values() for p in c]
-    if not pts:
+           text(W / 2, 26, title, cls="title", extra=' font-size="15"')]
+    curves = [(*c[:-1], _thin(c[-1])) for c in curves if c[-1]]
+    if not curves:
         return "\n".join(out + [text(W / 2, H / 2, "no data yet", extra=' fill="#888"'),
                                 "</svg>\n"])
 
-    # x starts at iteration 0, so the chart also shows how far along the run is.
-    xticks = ticks(min(0, min(x for x, _ in pts)), max(x for x, _ in pts), integer=True)[0]
-    yticks, ystep = ticks(min(y for _, y in pts), max(y for _, y in pts))
-    x0, x1, y0, y1 = xticks[0], xticks[-1], yticks[0], yticks[-1]
-    sx = lambda x: LEFT + (x - x0) / (x1 - x0) * (RIGHT - LEFT)  # noqa: E731
-    sy = lambda y: BOTTOM - (y - y0) / (y1 - y0) * (BOTTOM - TOP)  # noqa: E731
-    k = last[2] / last[1] if last else None
-    # the right axis is the val curve's second scale, so it wears its colour
-    val = CURVES["eval-val"][2]
+    xs, ys = zip(*(p for c in curves for p in c[-1]))
+    # x starts at 0, so the chart also shows how far along a run is.
+    xticks, _, sx = ticks(min(0, min(xs)), max(xs), LEFT, RIGHT, integer=True)
+    yticks, ystep, sy = ticks(min(ys), max(ys), BOTTOM, TOP)
+    mid, grey = (TOP + BOTTOM) / 2, ' fill="#666"'
     for t in yticks:
         out += [f'<line x1="{LEFT}" y1="{sy(t):.1f}" x2="{RIGHT}" y2="{sy(t):.1f}" stroke="#eee"/>',
                 text(LEFT - 6, sy(t) + 4, fmt(t, ystep), "end", "y-tick")]
-        if k is not None:
-            out.append(text(RIGHT + 6, sy(t) + 4, f"{t * k:.3g}", "start", "bpb-tick",
-                             f' fill="{val}"'))
     for t in xticks:
         out += [f'<line x1="{sx(t):.1f}" y1="{TOP}" x2="{sx(t):.1f}" y2="{BOTTOM}" stroke="#eee"/>',
                 text(sx(t), BOTTOM + 16, si(t), cls="x-tick")]
-        if tokens_per_iter:
-            out.append(text(sx(t), BOTTOM + 32, si(t * tokens_per_iter), cls="token-tick",
-                             extra=' fill="#666"'))
+        if tokens_per_x:
+            out.append(text(sx(t), BOTTOM + 32, si(t * tokens_per_x), cls="token-tick", extra=grey))
     # The titles of the two x scales head their rows of labels, like a table.
     out += [f'<polyline points="{LEFT},{TOP} {LEFT},{BOTTOM} {RIGHT},{BOTTOM}" fill="none" '
-            'stroke="#333"/>',
-            text(LEFT - 10, BOTTOM + 16, "iteration", "end", "axis-title")]
-    if tokens_per_iter:
-        out.append(text(LEFT - 10, BOTTOM + 32, "tokens", "end", "axis-title", ' fill="#666"'))
-    mid = (TOP + BOTTOM) / 2
-    out.append(text(18, mid, "loss (nats/token)", cls="axis-title",
-                     extra=f' transform="rotate(-90 18 {mid})"'))
-    if k is not None:
-        out += [f'<line x1="{RIGHT}" y1="{TOP}" x2="{RIGHT}" y2="{BOTTOM}" stroke="{val}"/>',
-                text(W - 14, mid, "val bits/byte", cls="axis-title",
-                      extra=f' fill="{val}" transform="rotate(90 {W - 14} {mid})"')]
+            'stroke="#333"/>', text(LEFT - 10, BOTTOM + 16, x_title, "end", "axis-title"),
+            text(18, mid, y_title, cls="axis-title", extra=f' transform="rotate(-90 18 {mid})"')]
+    if tokens_per_x:
+        out.append(text(LEFT - 10, BOTTOM + 32, "tokens", "end", "axis-title", grey))
+    if right:
+        right_title, cls, colour, factor = right
+        out += [f'<line x1="{RIGHT}" y1="{TOP}" x2="{RIGHT}" y2="{BOTTOM}" stroke="{colour}"/>',
+                text(W - 14, mid, right_title, cls="axis-title",
+                     extra=f' fill="{colour}" transform="rotate(90 {W - 14} {mid})"')]
+        out += [text(RIGHT + 6, sy(t) + 4, f"{t * factor:.3g}", "start", cls, f' fill="{colour}"')
+                for t in yticks]
 
-    ly = TOP + 14
-    for name, (_, legend, colour, width) in CURVES.items():
-        if not curves[name]:
-            continue
-        xy = [(sx(x), sy(y)) for x, y in curves[name]]
-        out.append(f'<polyline class="{name}" '
-                   f'points="{" ".join(f"{a:.1f},{b:.1f}" for a, b in xy)}" fill="none" '
-                   f'stroke="{colour}" stroke-width="{width}" stroke-linejoin="round"/>')
-        # evals are few, each worth seeing; one point draws no line
-        if name != "train-loss" or len(xy) == 1:
-            out.extend(f'<circle class="{name}" cx="{a:.1f}" cy="{b:.1f}" r="3" fill="{colour}"/>'
-                       for a, b in xy)
+    for i, (cls, legend, colour, width, dots, curve) in enumerate(curves):
+        xy = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in curve)
+        out.append(f'<polyline class="{cls}" points="{xy}" fill="none" stroke="{colour}" '
+                   f'stroke-width="{width}" stroke-linejoin="round"/>')
+        if dots or len(curve) == 1:  # one point draws no line
+            out += [f'<circle class="{cls}" cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" '
+                    f'fill="{colour}"/>' for x, y in curve]
+        ly = TOP + 14 + 16 * i
         out += [f'<line x1="{RIGHT - 150}" y1="{ly - 4}" x2="{RIGHT - 126}" y2="{ly - 4}" '
                 f'stroke="{colour}" stroke-width="{width + 1}"/>',
                 text(RIGHT - 120, ly, legend, "start", "legend")]
-        ly += 16
     return "\n".join(out + ["</svg>\n"])
 
 

@@ -19,11 +19,12 @@ import time
 
 import numpy as np
 
-from model import Model, ModelArgs, MODEL_ARGS, auto_dtype, cross_entropy, load_model, \
-    measure_peak_flops  # first: model.py loads cpu.py, which must come before mlx.core
+# first: model.py loads cpu.py, which must come before mlx.core
+from model import Model, ModelArgs, MODEL_ARGS, cross_entropy, load_model
 import chat as chat_format
 import cpu
 import files
+from device import auto_dtype, measure_peak_flops
 import plot
 import mlx.core as mx
 import mlx.nn as nn

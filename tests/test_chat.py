@@ -13,6 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import chat  # noqa: E402
 import corpus  # noqa: E402
+import errors  # noqa: E402
 import hf_tokenizer  # noqa: E402
 
 LINES = [f"{w} the cat sat on a mat  and [INST] said: what {i} is it? [/INST] a dog ran far 🦙"
@@ -81,19 +82,78 @@ def test_mask_is_the_replies_and_their_eos_exactly(sp, messages):
     assert chat.reply_bytes(messages) == sum(len(r.encode()) for _, r in texts)
 
 
-@pytest.mark.parametrize("messages", [CONVERSATION, BARE])
-def test_turn_ids_then_each_reply_and_eos_rebuild_the_rendering(sp, messages):
+def sampled(sp, messages):
+    """A conversation's exchanges as the chat loop holds them: (user text, reply ids), the replies
+    as it would sample them, up to EOS."""
     ids, mask = chat.render_conversation(sp, messages)
-    system = messages[0]["content"] if messages[0]["role"] == "system" else None
     users = [m["content"] for m in messages if m["role"] == "user"]
-    # the replies as the chat loop would sample them, up to EOS
     replies = [ids[i:ids.index(sp.eos_id(), i)] for i in range(1, len(ids))
                if mask[i] and not mask[i - 1]]
     assert len(replies) == len(users)
+    return list(zip(users, replies))
+
+
+@pytest.mark.parametrize("messages", [CONVERSATION, BARE])
+def test_turn_ids_then_each_reply_and_eos_rebuild_the_rendering(sp, messages):
+    ids, _ = chat.render_conversation(sp, messages)
+    system = messages[0]["content"] if messages[0]["role"] == "system" else None
     fed = []
-    for k, (user, reply) in enumerate(zip(users, replies)):
+    for k, (user, reply) in enumerate(sampled(sp, messages)):
         fed += chat.turn_ids(sp, user, system if k == 0 else None) + reply + [sp.eos_id()]
     assert fed == ids
+    # conversation_ids builds the same, and the next turn after it, as the chat loop feeds it
+    asking = messages + [{"role": "user", "content": "and the bird?"}]
+    assert (chat.conversation_ids(sp, sampled(sp, messages), "and the bird?", system)
+            == chat_loop_feed(sp, asking) == ids + chat.turn_ids(sp, "and the bird?"))
+    assert chat.conversation_ids(sp, [], "hi", system) == chat.turn_ids(sp, "hi", system)
+
+
+def test_next_turn_continues_the_cache_while_the_conversation_fits(sp):
+    ids, _ = chat.render_conversation(sp, CONVERSATION)
+    held, done = [], []  # what the KV cache holds, and the exchanges in it
+    for user, reply in sampled(sp, CONVERSATION):
+        feed, kept = chat.next_turn(sp, done, user, SYSTEM, len(held), len(ids) + 8, 8)
+        assert kept is None
+        held += feed + reply
+        done.append((user, reply))
+    assert held + [sp.eos_id()] == ids  # the turns fed and the replies: the whole conversation
+
+
+def test_next_turn_drops_the_fewest_oldest_exchanges_and_encodes_the_rest_afresh(sp):
+    messages = [CONVERSATION[0]] + CONVERSATION[1:] * 3  # six exchanges, a system prompt
+    exchanges, user = sampled(sp, messages), "And the bird?"
+    held = len(chat.render_conversation(sp, messages)[0]) - 1  # the cache: all but the last EOS
+    turn = [sp.eos_id()] + chat.turn_ids(sp, user)
+    seen = set()
+    for context in range(len(chat.turn_ids(sp, user, SYSTEM)) + 2, held + len(turn) + 20):
+        room = min(8, context // 2)
+        feed, kept = chat.next_turn(sp, exchanges, user, SYSTEM, held, context, 8)
+        if held + len(turn) + room <= context:
+            assert (feed, kept) == (turn, None)
+            seen.add("continued")
+            continue
+        n = len(exchanges) - len(kept)
+        assert kept == exchanges[n:] and n > 0  # the oldest go, and the cache starts afresh
+        # the system prompt moves into the first exchange that stays
+        assert feed == chat.conversation_ids(sp, kept, user, SYSTEM)
+        assert len(feed) + room <= context or not kept
+        # one more exchange would not have fit
+        assert len(chat.conversation_ids(sp, exchanges[n - 1:], user, SYSTEM)) + room > context
+        seen.add("some kept" if kept else "none kept")
+    assert seen == {"continued", "some kept", "none kept"}
+    # the reply's room is max_new_tokens, or half the context if less: a first turn continues
+    first = chat.turn_ids(sp, user, SYSTEM)
+    assert chat.next_turn(sp, [], user, SYSTEM, 0, 3 * len(first), 10**6) == (first, None)
+
+
+def test_a_turn_too_long_for_the_context_alone_is_refused(sp):
+    exchanges = sampled(sp, CONVERSATION)
+    for done, system_counts in ((exchanges, False), ([], True)):  # the system prompt: turn one
+        n = len(chat.turn_ids(sp, "what is it", SYSTEM if system_counts else None))
+        with pytest.raises(errors.Error, match=f"that turn alone is {n} tokens, the model's "
+                                               f"context {n + 1}; say it in fewer words"):
+            chat.next_turn(sp, done, "what is it", SYSTEM, 0, n + 1, 8)
+        chat.next_turn(sp, done, "what is it", SYSTEM, 0, n + 2, 8)  # room for one reply token
 
 
 def decoded(sp, ids):

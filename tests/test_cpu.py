@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import cpu  # before mlx.core, as in the scripts
-from conftest import ON_CPU
+from conftest import ON_CPU, cpu_only
 import mlx.core as mx
 import mlx.nn as nn
 
@@ -101,3 +101,32 @@ def test_cpu_softmax_silu_and_loss_equal_mlx_ones_with_gradients():
         loss = cpu.cross_entropy(rounded, y)
         assert loss.dtype == mx.float32 and mx.allclose(
             loss, mx.fast.cross_entropy(rounded.astype(mx.float32), y), rtol=1e-6, atol=1e-6)
+
+
+@cpu_only
+def test_a_freed_buffer_bigger_than_mlxs_default_cache_is_kept_for_the_next_step():
+    # MLX keeps 32 MB of freed buffers by default: each bigger activation of a step went back to
+    # the OS, and the next step's was faulted in again a page at a time
+    mx.clear_cache()
+    a = mx.zeros((64 << 20) // 4)
+    mx.eval(a)
+    del a
+    assert mx.get_cache_memory() >= 64 << 20
+
+
+@pytest.mark.skipif(not ON_CPU or cpu._openblas is None, reason="OpenBLAS on the CPU only")
+def test_worker_threads_split_the_cores_only_while_they_run():
+    from model import Model, ModelArgs  # after cpu, as in the scripts
+    args = ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=32, max_seq_len=8)
+    threads = []
+
+    def loss_fn(model, x):  # traced on each worker thread, after the split
+        threads.append(cpu._openblas.openblas_get_num_threads())
+        return model(x).sum()
+    model = Model(args)
+    mx.eval(model.parameters())  # made on this thread's stream, which the workers cannot run
+    workers = cpu.Workers(model, loss_fn, lambda: Model(args), 2, False)
+    workers(model, mx.array([[1] * 8] * 4))
+    # the update after a batch (Muon's matmuls) runs on the main thread with every core
+    assert threads == [max(1, cpu.CORES // 2)] * 2
+    assert cpu._openblas.openblas_get_num_threads() == cpu.CORES
