@@ -33,7 +33,8 @@ import mlx.optimizers as optim
 
 import corpus
 import files
-from configurator import configure, read_preset
+import named_datasets
+from configurator import check, configure, read_preset
 
 # -----------------------------------------------------------------------------
 only = "peak,train,split,generate,prepare"  # which measurements to run, comma separated
@@ -41,9 +42,8 @@ train_iters = 12  # timed iterations per training run (after the first, which co
 out = "bench.json"
 # -----------------------------------------------------------------------------
 configure(globals())
-if unknown := set(only.split(",")) - {"peak", "train", "split", "generate", "prepare"}:
-    sys.exit(f"error: --only={only}: unknown {', '.join(sorted(unknown))}; "
-             "pick from peak,train,split,generate,prepare")
+check(globals(), [("only", set(only.split(",")) <= {*"peak train split generate prepare".split()},
+                   "some of peak,train,split,generate,prepare")])
 here = os.path.dirname(os.path.abspath(__file__))
 results = {"device": f"{mx.default_device()}: {mx.device_info()['device_name']}",
            "mlx": mx.__version__, "cpu": cpu_model(), "dtype": str(auto_dtype()).split(".")[-1],
@@ -51,8 +51,7 @@ results = {"device": f"{mx.default_device()}: {mx.device_info()['device_name']}"
 
 
 def timed(fn, repeat=5):
-    """Best wall time of fn() over `repeat` runs after one warm-up; fn must return what to
-    mx.eval."""
+    """Best wall time of fn() over `repeat` runs after one warm-up; fn returns what to mx.eval."""
     mx.eval(fn())
     best = float("inf")
     for _ in range(repeat):
@@ -63,17 +62,14 @@ def timed(fn, repeat=5):
 
 
 def synthetic_data(folder, vocab_size, n_tokens=2_000_000):
-    # Random tokens train at the same speed as real ones; train.py only checks that the tokenizer
-    # beside them is the one their header names, so a small real one stands in whatever the
-    # vocabulary size.
+    # Random tokens train as fast as real ones; train.py only checks that the tokenizer beside
+    # them is the one their header names, so a small real one stands in for any vocabulary size.
     os.makedirs(folder, exist_ok=True)
     words = [f"w{i} {i * i} {'x' * (i % 7)}" for i in range(2000)]
     model = corpus.train_tokenizer(words, 280)
-    with open(os.path.join(folder, "tokenizer.model"), "wb") as f:
-        f.write(model)
+    files.write_atomic(os.path.join(folder, "tokenizer.model"), model)
     tokens = np.random.default_rng(0).integers(3, vocab_size, n_tokens)
-    # a short val: the run ends with all of it
-    for split, part in (("train", tokens), ("val", tokens[:50_000])):
+    for split, part in (("train", tokens), ("val", tokens[:50_000])):  # val: a short one
         files.write_tokens(os.path.join(folder, f"{split}.bin"), [part], vocab_size, 3 * len(part),
                            hashlib.sha256(model).hexdigest())
 
@@ -92,9 +88,8 @@ def train_run(name, args, vocab_size, iters):
             print(f"{name}: train.py failed: {r.stderr.strip()}", file=sys.stderr)
             return None
         logs = [json.loads(line) for line in open(f"{tmp}/out/log.jsonl") if '"loss"' in line]
-        timed_logs = logs[1:]  # the first iteration compiles
-        tps = float(np.median([r["tokens_per_sec"] for r in timed_logs]))
-        mfu = float(np.median([r["mfu"] for r in timed_logs]))
+        tps = float(np.median([r["tokens_per_sec"] for r in logs[1:]]))  # the first compiles
+        mfu = float(np.median([r["mfu"] for r in logs[1:]]))
         params = r.stdout.split("model: ")[1].split("M parameters")[0]
         return {"name": name, "args": " ".join(args), "params_m": float(params),
                 "tokens_per_sec": tps, "mfu": mfu, "peak_mem_gb": logs[-1]["peak_mem_gb"]}
@@ -109,7 +104,7 @@ def bench_train():
     for preset in sorted(glob.glob(os.path.join(here, "config", "*.py"))):
         # the vocabulary prepare.py gives its dataset; big presets get fewer (slow) iterations
         settings = read_preset(preset)
-        vocab = corpus.VOCAB_SIZES.get(settings["dataset"])
+        vocab = named_datasets.VOCAB_SIZES.get(settings["dataset"])
         if "init_from" in settings or vocab is None or vocab > 8192:
             continue  # a fine-tune (it needs its base), or a model for a GPU (fineweb_edu.py)
         runs.append((os.path.basename(preset), [preset], vocab, 3 if vocab > 1024 else train_iters))
@@ -153,8 +148,7 @@ def bench_split(dim=256, n_layers=4, n_heads=8, seq=128, batch=16, vocab=4096):
 
 
 def bench_memory():
-    """train.py's own peak memory on the default settings, against what such a step needs at
-    least."""
+    """train.py's own peak memory on the default settings, against what a step needs at least."""
     # Parameters, gradients and AdamW's two moments (4 copies), plus what backward must keep per
     # token, in floats: per layer the two norms' inputs and outputs (4 dim), q, k, v and the
     # attention output (4 dim, at most), the attention probabilities (n_heads x seq: the CPU path
@@ -231,9 +225,7 @@ for name in ("train", "split", "generate", "prepare"):
     if name in only:
         globals()[f"bench_{name}"]()
 bench_memory()
-with open(out + ".tmp", "w") as f:
-    json.dump(results, f, indent=2)
-os.replace(out + ".tmp", out)
+files.write_atomic(out, json.dumps(results, indent=2).encode())
 
 print(f"\n{results['cpu']}, {results['device']}, mlx {results['mlx']}")
 if results["blas"]:  # the CPU's

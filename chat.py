@@ -12,6 +12,7 @@ mlx-lm's and Hugging Face's format: {"messages": [{"role": "system" | "user" | "
 "content": "..."}, ...]}.
 """
 import json
+import sys
 
 from errors import Error
 
@@ -95,13 +96,14 @@ def next_turn(sp, exchanges, user, system, cached, context, max_new_tokens):
     the `context`), it returns (the EOS that closes the last reply + the turn's ids, None): the
     cache carries on. Otherwise the oldest exchanges go until the rest fit, and it returns (the ids
     of the exchanges kept and of the turn, kept), for a new cache: RoPE has baked the positions
-    into the old one, so it cannot slide. Raises errors.Error if the turn alone leaves no room for
-    a reply."""
-    turn = turn_ids(sp, user, None if exchanges else system)
-    if len(turn) + 1 >= context:
-        raise Error(f"that turn alone is {len(turn)} tokens, the model's context {context}; say "
-                    f"it in fewer words")
-    feed = [sp.eos_id()] * bool(exchanges) + turn
+    into the old one, so it cannot slide. Raises errors.Error if the turn alone, with the system
+    prompt a new cache starts with, leaves no room for a reply."""
+    alone = turn_ids(sp, user, system)
+    if len(alone) + 1 >= context:
+        with_system = " with the system prompt" if system is not None else ""
+        raise Error(f"that turn alone is {len(alone)} tokens{with_system}, the model's context "
+                    f"{context}; say it in fewer words")
+    feed = [sp.eos_id()] + turn_ids(sp, user) if exchanges else alone
     room = min(max_new_tokens, context // 2)  # what a reply may need at the least
     if cached + len(feed) + room <= context:
         return feed, None
@@ -109,6 +111,35 @@ def next_turn(sp, exchanges, user, system, cached, context, max_new_tokens):
     while kept and len(conversation_ids(sp, kept, user, system)) + room > context:
         kept = kept[1:]
     return conversation_ids(sp, kept, user, system), kept
+
+
+class Conversation:
+    """generate.py --chat's conversation, held in one KV cache of `model` from turn to turn: its
+    exchanges so far, (user text, reply ids) each, and the ids each turn feeds (next_turn's)."""
+
+    def __init__(self, sp, system, model, max_new_tokens):
+        self.sp, self.system, self.model, self.max_new_tokens = sp, system, model, max_new_tokens
+        self.exchanges = []
+
+    def turns(self, lines):
+        """For each of `lines`, a user turn, yield (it, the ids to feed before its reply, the cache
+        to feed them to); the caller appends (it, reply ids) to exchanges before the next. A note
+        on stderr says when a turn is too long to answer (it is skipped) and, once, when the
+        conversation outgrows the context (its oldest exchanges go, the rest fill a new cache)."""
+        context, cache, trimmed = self.model.args.max_seq_len, self.model.make_cache(), False
+        for user in lines:
+            try:
+                feed, kept = next_turn(self.sp, self.exchanges, user, self.system,
+                                       cache[0].offset, context, self.max_new_tokens)
+            except Error as e:
+                print(f"note: {e}", file=sys.stderr)
+                continue
+            if kept is not None:
+                if not trimmed:
+                    print(f"note: the conversation is longer than the model's context of "
+                          f"{context} tokens; its oldest exchanges go", file=sys.stderr)
+                self.exchanges, cache, trimmed = kept, self.model.make_cache(), True
+            yield user, feed, cache
 
 
 def encode_with_offsets(sp, text):

@@ -1,13 +1,6 @@
 """
-Settings for every script, nanoGPT style: a script's settings are the globals it assigns between
-the two "# -----" rules at its top (what it computes after them is no setting), and
-
-    python train.py config/tinyshakespeare.py --batch_size=8 --compile=False
-
-first runs the preset file (plain Python assignments), then applies each --key=value, printing each
-change as "Overriding: key = value". A value must have the type of the default it replaces (an int
-is fine where a float is expected); an unknown key is refused with the list of valid ones, so a typo
-never silently trains the wrong model. --help lists the block as the file has it, with the defaults.
+Settings for every script, nanoGPT style: the globals between the two "# -----" rules at a
+script's top, set by a preset file given first, then by each --key=value, to the default's type.
 """
 import linecache
 import re
@@ -23,10 +16,8 @@ BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no":
 
 
 def configure(settings, argv=None, echo=None):
-    """Override `settings` (a script's globals()) in place; returns all settings as {key: value}.
-
-    Each override is printed to `echo`: stdout when None, stderr where stdout is for the output
-    (generate.py), nowhere when False (train.py's ranks after the first)."""
+    """Override `settings` (a script's globals()) in place, printing each override to `echo` (None:
+    stdout, False: nowhere), and return all settings as {key: value}."""
     print_errors_as_one_line()  # a script's errors, raised anywhere, end it with one line
     argv = sys.argv[1:] if argv is None else argv
     block = settings_block(settings)
@@ -52,13 +43,10 @@ def configure(settings, argv=None, echo=None):
             raise Error(f"preset file {arg!r} not found (settings are given as --key=value)")
         else:
             for key, value in read_preset(arg).items():
-                # a preset may import math
-                if not key.startswith("_") and not isinstance(value, types.ModuleType):
-                    overrides[key] = _setting(key, value, defaults, preset=arg)
+                overrides[key] = _setting(key, value, defaults, f" in {arg}")
     settings.update(overrides)
-    for key, value in overrides.items():
-        if echo is not False:
-            print(f"Overriding: {key} = {value!r}", file=echo or sys.stdout)
+    for key, value in overrides.items() if echo is not False else ():
+        print(f"Overriding: {key} = {value!r}", file=echo or sys.stdout)
     return {**defaults, **overrides}
 
 
@@ -83,13 +71,12 @@ def check(settings, rules):
             raise Error(f"--{name}={settings[name]!r} must be {must}")
 
 
-def _setting(key, value, defaults, preset=None):
+def _setting(key, value, defaults, where=""):
     """`value` for `key` with its default's type: the text of --key=value is parsed to it."""
-    where = f" in {preset}" if preset else ""
     if key not in defaults:
         raise Error(f"unknown setting {key!r}{where}; valid settings: {', '.join(defaults)}")
     kind = type(defaults[key])
-    if preset is None:
+    if not where:  # the text of --key=value
         try:
             return BOOLS[value.lower()] if kind is bool else kind(value)
         except (KeyError, ValueError):
@@ -102,8 +89,7 @@ def _setting(key, value, defaults, preset=None):
 
 def read_preset(path):
     """The assignments of a preset file, or a one-line exit naming the file and line that failed."""
-    # one dict for globals and locals, so a comprehension in the preset sees its earlier lines
-    namespace = {}
+    namespace = {}  # as globals and locals: a comprehension in the preset sees its earlier lines
     try:
         exec(compile(Path(path).read_text(encoding="utf-8"), path, "exec"), namespace)
     except SyntaxError as e:
@@ -115,4 +101,5 @@ def read_preset(path):
         line = next((t.lineno for t in reversed(traceback.extract_tb(e.__traceback__))
                      if t.filename == path), "?")
         raise Error(f"preset file {path}, line {line}: {type(e).__name__}: {e}")
-    return namespace
+    return {k: v for k, v in namespace.items()  # not __builtins__, nor a module it imports
+            if not k.startswith("_") and not isinstance(v, types.ModuleType)}

@@ -26,6 +26,7 @@ import numpy as np
 
 import corpus
 import files
+import named_datasets
 from configurator import check, configure
 
 # -----------------------------------------------------------------------------
@@ -121,7 +122,7 @@ if data:
     path = data
 else:
     path = os.path.join(data_dir, "evals", TASKS[task][0])
-    corpus.download(url or TASKS[task][1], path, local="--data=FILE")
+    named_datasets.download(url or TASKS[task][1], path, local="--data=FILE")
 examples = read_examples(path, hellaswag if task == "hellaswag" else lambada)
 
 model, config = load_model(out_dir)

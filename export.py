@@ -51,10 +51,7 @@ args = model.args
 if not os.path.isfile(tokenizer_path):
     sys.exit(f"error: {out_dir!r} has no tokenizer.model, which the GGUF file must include")
 sp = spm.SentencePieceProcessor(model_file=tokenizer_path)
-try:
-    hf_tokenizer.check_normalization(sp, "llama.cpp")
-except ValueError as e:
-    sys.exit(f"error: {e}")
+hf_tokenizer.check_normalization(sp, "llama.cpp")
 if sp.vocab_size() > args.vocab_size:
     sys.exit(f"error: tokenizer.model has {sp.vocab_size()} pieces, the model only "
              f"{args.vocab_size}")
@@ -147,8 +144,6 @@ if hf_files:
     try:
         for name, blob in hf_tokenizer.hf_tokenizer_files(tokenizer_path, args.max_seq_len).items():
             files.write_atomic(os.path.join(out_dir, name), blob)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
     except OSError as e:
         sys.exit(f"error: the tokenizer files could not be written: "
                  f"{files.disk_full_hint(e, out_dir)}")

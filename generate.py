@@ -10,9 +10,9 @@ samples as they are produced, or with --interactive=True a sample for each line 
     python generate.py --out_dir=out-chat --chat=True --system="Answer in one sentence."
     python generate.py --attention=attn.svg --prompt="def fibonacci(n):"   # where each token looks
 """
-import os
 import sys
 import time
+from pathlib import Path
 
 from model import load_model  # first: model.py loads cpu.py, which must come before mlx.core
 import chat as chat_format
@@ -22,7 +22,6 @@ import plot
 import mlx.core as mx
 
 from configurator import check, configure
-from errors import Error
 from sampling import generate, stream_text
 
 # -----------------------------------------------------------------------------
@@ -44,10 +43,9 @@ attention = ""  # draw each layer's and head's attention over the prompt into th
 # -----------------------------------------------------------------------------
 configure(globals(), echo=sys.stderr)
 if prompt.startswith("FILE:"):
-    if not os.path.isfile(prompt[5:]):
+    if not Path(prompt[5:]).is_file():
         sys.exit(f"error: prompt file {prompt[5:]!r} not found")
-    with open(prompt[5:], encoding="utf-8") as f:
-        prompt = f.read()
+    prompt = Path(prompt[5:]).read_text(encoding="utf-8")
 check(globals(), [("temperature", temperature >= 0, "at least 0"),
                   ("top_k", top_k >= 0, "at least 0"),
                   ("top_p", 0 < top_p <= 1, "above 0 and at most 1"),
@@ -95,19 +93,15 @@ def write_sample(prompt, prompt_tokens, cache=None):
     return new
 
 
-def read_prompts():
-    """stdin's lines up to an empty one or the end; a terminal asks for each with "> " on stderr,
-    which keeps stdout to the text, as with a pipe."""
-    while True:
-        if sys.stdin.isatty():
-            print("> ", end="", file=sys.stderr, flush=True)
-        line = sys.stdin.readline()
-        if not line and sys.stdin.isatty():
-            sys.stderr.write("\n")  # Ctrl-D leaves the cursor after "> "
-        line = line.rstrip("\r\n")
-        if not line:
-            return
-        yield line
+def read_prompt():
+    """A line of stdin without its newline, "" at an empty line or the end; a terminal asks for it
+    with "> " on stderr, which keeps stdout to the text, as with a pipe."""
+    if sys.stdin.isatty():
+        print("> ", end="", file=sys.stderr, flush=True)
+    line = sys.stdin.readline()
+    if not line and sys.stdin.isatty():
+        sys.stderr.write("\n")  # Ctrl-D leaves the cursor after "> "
+    return line.rstrip("\r\n")
 
 
 if attention:
@@ -119,22 +113,11 @@ if attention:
     print(f"wrote {attention}: {weights.shape[0]} layers x {weights.shape[1]} heads over "
           f"{len(tokens)} tokens", file=sys.stderr)
 elif chat:  # one conversation; the KV cache carries over from turn to turn
-    cache, exchanges, warned = model.make_cache(), [], False
-    for line in read_prompts():
-        try:
-            feed, kept = chat_format.next_turn(sp, exchanges, line, system or None,
-                                               cache[0].offset, max_seq_len, max_new_tokens)
-        except Error as e:
-            print(f"note: {e}", file=sys.stderr)
-            continue
-        if kept is not None and not warned:  # said once
-            print(f"note: the conversation is longer than the model's context of "
-                  f"{max_seq_len} tokens; its oldest exchanges go", file=sys.stderr)
-        if kept is not None:  # the ids start a new cache
-            exchanges, cache, warned = kept, model.make_cache(), True
-        exchanges.append((line, write_sample("", feed, cache)))
+    conversation = chat_format.Conversation(sp, system or None, model, max_new_tokens)
+    for line, feed, cache in conversation.turns(iter(read_prompt, "")):
+        conversation.exchanges.append((line, write_sample("", feed, cache)))
 elif interactive:
-    for line in read_prompts():
+    for line in iter(read_prompt, ""):  # up to an empty line or the end
         write_sample(line, encode(line))
 else:
     prompt_tokens = encode(prompt)

@@ -8,6 +8,8 @@ import json
 
 import sentencepiece as spm
 
+from errors import Error
+
 
 def check_normalization(sp, tool):
     # SentencePiece may rewrite text before splitting it (NFKC, collapsing spaces); the tokenizers
@@ -16,11 +18,11 @@ def check_normalization(sp, tool):
     # trains with (code needs its spaces and symbols as they are).
     probe = "a  b\tﬁ① "
     if sp.normalize(probe).lstrip("▁") != probe.replace(" ", "▁"):
-        raise ValueError(f"this tokenizer.model normalizes text "
-                         f"(normalize({probe!r}) = {sp.normalize(probe)!r}), "
-                         f"which {tool} would not reproduce; "
-                         f"train it with normalization_rule_name='identity' and "
-                         f"remove_extra_whitespaces=False")
+        raise Error(f"this tokenizer.model normalizes text "
+                    f"(normalize({probe!r}) = {sp.normalize(probe)!r}), "
+                    f"which {tool} would not reproduce; "
+                    f"train it with normalization_rule_name='identity' and "
+                    f"remove_extra_whitespaces=False")
 
 
 # whether SentencePiece puts a space in front of every text, as Llama 2's tokenizer does
@@ -84,13 +86,13 @@ def hf_tokenizer_files(tokenizer_model, model_max_length=None, chat_template=Non
     """{name: bytes} of the files that transformers' AutoTokenizer and mlx-lm read beside
     tokenizer.model, made from the SentencePiece model alone (no transformers needed):
     tokenizer.json, tokenizer_config.json (with chat_template, given one: chat.CHAT_TEMPLATE),
-    special_tokens_map.json and generation_config.json. Raises ValueError for a tokenizer they
+    special_tokens_map.json and generation_config.json. Raises errors.Error for a tokenizer they
     cannot reproduce."""
     sp = spm.SentencePieceProcessor(model_file=tokenizer_model)
     check_normalization(sp, "transformers")
     if sp.bos_id() < 0:
-        raise ValueError("the tokenizer.model has no BOS token (<s>), "
-                         "which the model's text starts with")
+        raise Error("the tokenizer.model has no BOS token (<s>), "
+                    "which the model's text starts with")
     special = {"bos_token": sp.id_to_piece(sp.bos_id()), "unk_token": sp.id_to_piece(sp.unk_id())}
     if sp.eos_id() >= 0:
         special["eos_token"] = sp.id_to_piece(sp.eos_id())

@@ -2,7 +2,7 @@
 Text in, tokens out: trains (or reuses) a SentencePiece tokenizer and writes the token files
 train.py reads: data/<dataset>/ train.bin, val.bin (+ test.bin for wikitext103), tokenizer.model,
 meta.json. Stages: load documents -> train a tokenizer on a random sample -> tokenize (streamed) ->
-write tokens; their machinery is in corpus.py, the token-file format in files.py, chat's in chat.py.
+write tokens; machinery: corpus.py, pystdlib.py, named_datasets.py; formats: files.py, chat.py.
 
     python prepare.py                                          # built-in corpus, no network: ~10 s
     python prepare.py --dataset=tinyshakespeare                # a named dataset, downloaded once
@@ -40,6 +40,8 @@ import chat
 import corpus
 from configurator import configure
 from files import write_atomic, write_tokens
+from named_datasets import DATASETS, VOCAB_SIZES, check_settings, download_files
+from pystdlib import stdlib_documents, stdlib_files
 
 # -----------------------------------------------------------------------------
 # output folder data/<dataset>/ and corpus: pystdlib, tinyshakespeare, tinystories, wikitext103,
@@ -51,8 +53,7 @@ input = ""
 # reuse this SentencePiece .model (e.g. Llama 2's tokenizer.model) instead of training one;
 # conversations take data/pystdlib/tokenizer.model (the default run's) unless this says otherwise
 tokenizer = ""
-# size of the tokenizer trained here; 0: the dataset's own (corpus.VOCAB_SIZES), 4096 for --input
-vocab_size = 0
+vocab_size = 0  # size of the tokenizer trained here; 0: named_datasets.VOCAB_SIZES[dataset] or 4096
 # the tokenizer learns from a random sample of documents this big: bounds its time
 tokenizer_sample_bytes = 20_000_000
 # share of documents held out for validation (named datasets bring their own split)
@@ -74,21 +75,20 @@ settings = configure(globals())
 
 # the settings -------------------------------------------------------------------------------------
 mirrors = {"url": url, "train_url": train_url, "val_url": val_url}
-corpus.check_settings(dataset, input, data_dir, mirrors, val_fraction, val_docs, shards)
-vocab_size = vocab_size or corpus.VOCAB_SIZES.get(dataset, 4096)
-out_dir = os.path.join(data_dir, dataset)
+check_settings(dataset, input, data_dir, mirrors, val_fraction, val_docs, shards)
+vocab_size, out_dir = vocab_size or VOCAB_SIZES.get(dataset, 4096), os.path.join(data_dir, dataset)
 for leftover in glob.glob(os.path.join(out_dir, "*.tmp")):  # of a run killed while writing
     os.remove(leftover)
 
 # 1. the documents (or conversations) --------------------------------------------------------------
-spec = corpus.DATASETS.get(dataset, {})
+spec = DATASETS.get(dataset, {})
 splits = spec.get("splits", ("train", "val"))
 paths = (corpus.input_files(input) if input  # listed once: outputs may match a glob
-         else corpus.stdlib_files() if dataset == "pystdlib" else [])
+         else stdlib_files() if dataset == "pystdlib" else [])
 chats = "conversations" in spec or any(chat.is_chat_file(p) for p in paths)
 if chats and not tokenizer:  # a chat set fine-tunes a base, so its tokens must be the base's
     tokenizer = corpus.base_tokenizer(data_dir, input or dataset)
-raw = corpus.download_files(spec, os.path.join(out_dir, "raw"), mirrors, shards)  # once, if any
+raw = download_files(spec, os.path.join(out_dir, "raw"), mirrors, shards)  # once, if any
 if chats:  # all read and checked (a bad row: one line naming it) before anything is written
     pairs = (spec["conversations"](raw) if spec else corpus.split_documents(
         (messages for p in paths for messages in chat.read_conversations(p)), val_fraction))
@@ -98,7 +98,7 @@ if chats:  # all read and checked (a bad row: one line naming it) before anythin
 elif spec:  # a named dataset's own split, read lazily, again for each split
     documents = lambda split: spec["read"](raw, split)  # noqa: E731
 else:  # the built-in corpus or the user's text, read lazily, again for each split
-    read = corpus.input_documents if input else corpus.stdlib_documents
+    read = corpus.input_documents if input else stdlib_documents
     documents = lambda split: (  # noqa: E731
         t for s, t in corpus.split_documents(read(paths), val_fraction) if s == split)
 

@@ -1,7 +1,6 @@
 """
-Decoding: how the next token is picked from the logits, the KV-cache loop that produces a sample,
-and the text it prints as. Shared by generate.py and train.py's samples at eval, so both decode the
-same way.
+Decoding, shared by generate.py and train.py's samples: the next token from the logits, the
+KV-cache loop that makes a sample, and the text it prints as.
 
     tokens = generate(model, prompt_tokens, 100, stop=sp.eos_id(), temperature=0.7, top_k=50)
     for piece in stream_text(sp, prompt_tokens, tokens):
@@ -14,27 +13,21 @@ import mlx.core as mx
 
 def sample(logits, recent=None, temperature=0.8, top_k=0, top_p=1.0, min_p=0.0,
            repetition_penalty=1.0):
-    """The next token id (a scalar mx.array, not yet computed) from `logits` (vocab,); `recent`
-    (an mx.array of ids) is what repetition_penalty looks at.
-
-    temperature 0 is greedy. top_k keeps the k most likely tokens (0 keeps all); top_p the smallest
-    set whose probability reaches p (1 keeps all); min_p the tokens at least min_p times as likely
-    as the most likely one (0 keeps all). repetition_penalty > 1 makes the `recent` tokens less
-    likely. Random draws come from MLX's global generator: mx.random.seed makes a sample
-    repeatable. Everything here runs on the device: nothing waits for Python.
-    """
+    """The next token id (a scalar mx.array, not yet computed) from `logits` (vocab,), all on the
+    device. temperature 0 is greedy; top_k keeps the k likeliest tokens (0: all), top_p the fewest
+    whose probability reaches p, min_p those at least min_p times as likely as the likeliest;
+    repetition_penalty > 1 makes the `recent` ids (an mx.array) less likely. mx.random.seed makes
+    a sample repeatable."""
     if repetition_penalty != 1.0 and recent is not None and recent.size:
-        # CTRL's rule, as mlx-lm applies it. A token seen twice is written twice, the same value.
+        # CTRL's rule, as mlx-lm applies it, into a new array (a token seen twice: the same value)
         picked = logits[recent]
         picked = mx.where(picked > 0, picked / repetition_penalty, picked * repetition_penalty)
-        # a new array: the caller's logits stay as they are
         logits = mx.put_along_axis(logits, recent, picked, axis=0)
     if temperature == 0:
         return mx.argmax(logits)
     if min_p > 0:
-        # Measured before temperature, as mlx-lm and llama.cpp do: a high temperature then flattens
-        # the tokens that are kept without letting the long tail in, which is what min_p is for.
-        # p / p_max >= min_p, in logits:
+        # p / p_max >= min_p, before temperature (as mlx-lm and llama.cpp): a high temperature
+        # then flattens the tokens kept without letting the long tail in
         logits = mx.where(logits < logits.max() + math.log(min_p), -mx.inf, logits)
     logits = logits / temperature
     if top_k:
@@ -43,7 +36,6 @@ def sample(logits, recent=None, temperature=0.8, top_k=0, top_p=1.0, min_p=0.0,
     if top_p < 1.0:
         order = mx.argsort(-logits)
         probs = mx.softmax(logits[order])
-        # tokens past the nucleus; the first one always stays
         drop = mx.cumsum(probs) - probs >= top_p
         logits = mx.put_along_axis(logits, order, mx.where(drop, -mx.inf, logits[order]), axis=0)
     return mx.random.categorical(logits)
@@ -51,40 +43,29 @@ def sample(logits, recent=None, temperature=0.8, top_k=0, top_p=1.0, min_p=0.0,
 
 def generate(model, tokens, max_tokens=None, stop=None, cache=None, repetition_context=20,
              **sampling):
-    """Yield up to max_tokens (None: no end) new token ids after `tokens`, ending before the token
-    `stop` (EOS, say); repetition_penalty (in `sampling`, which goes to sample()) looks at the last
-    repetition_context ids (0: all).
-
-    The prompt is one forward pass into the KV cache, then each token one step, queued before the
-    token before it is read (as mlx-lm's generate_step), so the device never waits for Python.
-    When the context is full it restarts from its last half: the cache holds positions
-    0..max_seq_len-1 with RoPE baked in, so sliding it by one token would mean recomputing the
-    whole window for every new token. Given a `cache` (model.make_cache()) that already holds a
-    conversation, `tokens` continue it, the sample ends where the cache is full, and on return the
-    cache holds `tokens` and the ids yielded (not the stop token, nor the step queued after it).
-    """
+    """Yield up to max_tokens (None: no end) new ids after `tokens`, ending before `stop` (EOS);
+    `sampling` goes to sample(). The prompt is one pass into the KV cache, then a step a token,
+    queued before the one before it is read (as mlx-lm's generate_step). A full context restarts
+    from its last half (RoPE has baked positions into the cache). Given a `cache` that holds a
+    conversation, `tokens` continue it, the sample ends where it is full, and on return it holds
+    `tokens` and the ids yielded (not `stop`, nor the step queued after it)."""
     max_seq_len = model.args.max_seq_len
     context = list(tokens)  # any iterable of ids
     end = len(context) + (max_tokens if max_tokens is not None else math.inf)
     penalize = sampling.get("repetition_penalty", 1.0) != 1.0
     fresh, before = cache is None, cache[0].offset if cache else 0
-
-    def last(ids):  # what repetition_penalty looks at
-        return ids[-repetition_context:] if repetition_context else ids
-
+    last = slice(-repetition_context or None, None)  # the ids repetition_penalty sees (0: all)
     try:
         while len(context) < end:
-            window = context
-            if fresh:  # a new cache: the context, or its last half once it is full
-                window = context[-max(1, max_seq_len // 2):] if len(context) >= max_seq_len \
-                    else context
-                cache = model.make_cache()
-            recent = mx.array(last(context)) if penalize else None
+            full = fresh and len(context) >= max_seq_len  # a new cache then takes the last half
+            window = context[-max(1, max_seq_len // 2):] if full else context
+            cache = model.make_cache() if fresh else cache
+            recent = mx.array(context[last]) if penalize else None
             token = sample(model(mx.array([window]), cache)[0, -1], recent, **sampling)
             while True:
                 room = cache[0].offset + 1 < max_seq_len and len(context) + 1 < end
                 if room:  # step n + 1, queued before token n is read
-                    recent = last(mx.concatenate([recent, token[None]])) if penalize else None
+                    recent = mx.concatenate([recent, token[None]])[last] if penalize else None
                     queued = sample(model(token.reshape(1, 1), cache)[0, -1], recent, **sampling)
                     mx.async_eval(queued)
                 if token.item() == stop:
@@ -105,15 +86,9 @@ def generate(model, tokens, max_tokens=None, stop=None, cache=None, repetition_c
 
 
 def stream_text(sp, prompt_tokens, tokens):
-    """Yield the text of `tokens`, the continuation of `prompt_tokens`, in pieces as soon as they
-    are printable.
-
-    The sample is decoded together with the prompt each time and cut where the prompt's text ends:
-    a tokenizer that puts a space in front of a text (Llama 2's) would lose the space between them
-    if the sample were decoded alone, and decoding the whole keeps SentencePiece's spaces right. A
-    character split over byte-fallback tokens decodes as U+FFFD until its last byte arrives, so a
-    trailing U+FFFD is held back until then.
-    """
+    """Yield the text of `tokens` after `prompt_tokens` in pieces once printable: decoded with the
+    prompt and cut where its text ends (Llama 2's tokenizer would drop a space between them), a
+    trailing U+FFFD (a character split over byte-fallback tokens) held for its last byte."""
     prompt_tokens = list(prompt_tokens)
     start = len(sp.decode(prompt_tokens))  # BOS and EOS decode to nothing
     new, shown = [], 0

@@ -5,6 +5,7 @@ dummy prefix, whitespace-only pieces) and one made as Llama 2's was (a space in 
 import os
 import shutil
 import sys
+from types import SimpleNamespace
 
 import pytest
 import sentencepiece as spm
@@ -147,13 +148,48 @@ def test_next_turn_drops_the_fewest_oldest_exchanges_and_encodes_the_rest_afresh
 
 
 def test_a_turn_too_long_for_the_context_alone_is_refused(sp):
-    exchanges = sampled(sp, CONVERSATION)
-    for done, system_counts in ((exchanges, False), ([], True)):  # the system prompt: turn one
-        n = len(chat.turn_ids(sp, "what is it", SYSTEM if system_counts else None))
-        with pytest.raises(errors.Error, match=f"that turn alone is {n} tokens, the model's "
-                                               f"context {n + 1}; say it in fewer words"):
-            chat.next_turn(sp, done, "what is it", SYSTEM, 0, n + 1, 8)
-        chat.next_turn(sp, done, "what is it", SYSTEM, 0, n + 2, 8)  # room for one reply token
+    # the system prompt counts on every turn: a new cache starts with it when no exchange fits
+    for system, says in ((SYSTEM, " with the system prompt"), (None, "")):
+        n = len(chat.turn_ids(sp, "what is it", system))
+        for done in (sampled(sp, CONVERSATION), []):
+            with pytest.raises(errors.Error, match=f"that turn alone is {n} tokens{says}, the "
+                                                   f"model's context {n + 1}; say it in fewer"):
+                chat.next_turn(sp, done, "what is it", system, 0, n + 1, 8)
+            for cached in (0, n):  # room for one reply token, in the cache or in a new one
+                feed, _ = chat.next_turn(sp, done, "what is it", system, cached, n + 2, 8)
+                assert len(feed) <= n + 1
+
+
+class Model:
+    """What a Conversation uses of a model: its context, and KV caches that count their ids."""
+
+    def __init__(self, context):
+        self.args = SimpleNamespace(max_seq_len=context)
+
+    def make_cache(self):
+        return [SimpleNamespace(offset=0)]
+
+
+def test_the_chat_loop_skips_a_turn_too_long_and_says_once_that_old_exchanges_go(sp, capsys):
+    context = len(chat.turn_ids(sp, "what is it", SYSTEM)) + 40
+    conversation, reply = chat.Conversation(sp, SYSTEM, Model(context), 8), sp.encode(" a dog")
+    lines = ["what is it", "what " * context] + [f"and thing {i}?" for i in range(12)]
+    answered, caches = [], 0
+    for user, feed, cache in conversation.turns(lines):
+        if cache[0].offset:  # the cache carries on: the EOS that ends the last reply, the turn
+            assert feed == [sp.eos_id()] + chat.turn_ids(sp, user)
+        else:  # a new cache: the exchanges kept, then the turn
+            assert feed == chat.conversation_ids(sp, conversation.exchanges, user, SYSTEM)
+            caches += 1
+        cache[0].offset += len(feed) + len(reply)  # as sampling.generate leaves it
+        conversation.exchanges.append((user, reply))
+        answered.append(user)
+    assert answered == lines[:1] + lines[2:]  # the long turn is skipped
+    assert caches > 2 and len(conversation.exchanges) < len(answered)  # trimmed, twice or more
+    notes = capsys.readouterr().err.splitlines()
+    assert notes[0].startswith("note: that turn alone is") and notes[1:] == [
+        f"note: the conversation is longer than the model's context of {context} tokens; its "
+        "oldest exchanges go"]
 
 
 def decoded(sp, ids):

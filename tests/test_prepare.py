@@ -1,5 +1,5 @@
-"""prepare.py (and corpus.py, files.py): token files, tokenizer, document split, inputs and their
-errors.
+"""prepare.py (and corpus.py, pystdlib.py, named_datasets.py, files.py): token files, tokenizer,
+document split, inputs and their errors.
 
 Offline and fast: tiny corpora, and prepare.py run in this process (runpy) unless a test needs its
 command line."""
@@ -25,6 +25,8 @@ sys.path.insert(0, ROOT)
 import chat  # noqa: E402
 import corpus  # noqa: E402
 import files  # noqa: E402
+import named_datasets  # noqa: E402
+import pystdlib  # noqa: E402
 from errors import Error  # noqa: E402
 
 WORDS = ("the a to of and in is it you that he was for on are with as I his they be at one have "
@@ -335,8 +337,8 @@ def test_command_line_end_to_end(tmp_path):
 
 
 def test_stdlib_corpus_is_the_library_without_its_tests():
-    paths = corpus.stdlib_files()
-    names = [os.path.relpath(f, corpus.sysconfig.get_paths()["stdlib"]) for f in paths]
+    paths = pystdlib.stdlib_files()
+    names = [os.path.relpath(f, pystdlib.sysconfig.get_paths()["stdlib"]) for f in paths]
     assert len(paths) > 300 and paths == sorted(paths)
     assert {"os.py", "json/__init__.py", "asyncio/tasks.py"} <= set(names)
     for name in names:
@@ -344,7 +346,7 @@ def test_stdlib_corpus_is_the_library_without_its_tests():
         assert not {"test", "tests", "idle_test", "site-packages", "__pycache__"} & set(parts), name
         assert (not parts[-1].startswith("test_") and name.endswith(".py")
                 and name != "pydoc_data/topics.py")
-    docs = corpus.stdlib_documents(paths)
+    docs = pystdlib.stdlib_documents(paths)
     assert "import" in next(docs)
     from pydoc_data.topics import topics
     assert sum(1 for _ in docs) == len(paths) - 1 + len(topics)
@@ -415,34 +417,34 @@ def test_download_caches_resumes_and_checks(server, tmp_path):
     data = os.urandom(300_000)
     server.files["/f.bin"] = data
     path = str(tmp_path / "raw" / "f.bin")
-    assert corpus.download(server.url + "/f.bin", path, *known(data)) == path
+    assert named_datasets.download(server.url + "/f.bin", path, *known(data)) == path
     assert open(path, "rb").read() == data and os.listdir(tmp_path / "raw") == ["f.bin"]
-    corpus.download(server.url + "/f.bin", path, *known(data))
+    named_datasets.download(server.url + "/f.bin", path, *known(data))
     assert len(server.requests) == 1  # cached: the second run asks nothing
 
     server.requests.clear()
     server.cut["/f.bin"] = 100_000  # cut, then resumed with a Range request in the same run
     path = str(tmp_path / "raw" / "g.bin")
-    corpus.download(server.url + "/f.bin", path, None, None)
+    named_datasets.download(server.url + "/f.bin", path, None, None)
     assert open(path, "rb").read() == data
     assert server.requests == [("/f.bin", None), ("/f.bin", "bytes=100000-")]
 
     server.requests.clear()  # a .part left by an earlier, killed run is resumed too
     path = str(tmp_path / "raw" / "h.bin")
     open(path + ".part", "wb").write(data[:123])
-    corpus.download(server.url + "/f.bin", path, *known(data))
+    named_datasets.download(server.url + "/f.bin", path, *known(data))
     assert open(path, "rb").read() == data and server.requests == [("/f.bin", "bytes=123-")]
 
     server.ranges = False  # a server without Range support: start over
     path = str(tmp_path / "raw" / "i.bin")
     open(path + ".part", "wb").write(b"junk")
-    corpus.download(server.url + "/f.bin", path, None, None)
+    named_datasets.download(server.url + "/f.bin", path, None, None)
     assert open(path, "rb").read() == data
 
 
 def download_error(*args):
     with pytest.raises(Error) as e:
-        corpus.download(*args)
+        named_datasets.download(*args)
     message = one_line(e.value)
     assert message.startswith("error: ") and "\n" not in message
     return message
@@ -475,7 +477,7 @@ def test_wikitext_articles_start_only_at_titles():
              " = = = Sub section = = = \n", " = 5 + 3 \n", " =2 = \n",
              " Arsenal 3 = 1 Chelsea = \n", " = A = = \n", " \n", " = E = mc2 = \n", " \n",
              " Text . \n", " = X = \n", " = Last = \n"]
-    articles = list(corpus.wikitext_articles(lines))
+    articles = list(named_datasets.wikitext_articles(lines))
     assert [a.splitlines()[0] for a in articles] == [" = Valkyria Chronicles III = ",
                                                      " = E = mc2 = ", " = X = ", " = Last = "]
     # only the blank line in front of the first title is dropped
@@ -485,8 +487,8 @@ def test_wikitext_articles_start_only_at_titles():
 def test_split_stories_across_reads():
     stories = [f"Once upon a time {i}.\nThe end." for i in range(50)]
     text = "\n<|endoftext|>\n".join(stories) + "\n<|endoftext|>\n\n"
-    assert list(corpus.split_stories(io.StringIO(text), block=7)) == stories
-    assert list(corpus.split_stories(io.StringIO(text))) == stories
+    assert list(named_datasets.split_stories(io.StringIO(text), block=7)) == stories
+    assert list(named_datasets.split_stories(io.StringIO(text))) == stories
 
 
 def test_tokenizer_learns_from_a_sample_of_a_larger_corpus(tmp_path, monkeypatch):
@@ -505,7 +507,7 @@ def test_tinyshakespeare_from_a_mirror(server, tmp_path, monkeypatch):
     text = "".join(f"CITIZEN {i}:\nSpeak, speak. Before we proceed any further, hear me {i}.\n\n"
                    for i in range(400))
     server.files["/input.txt"] = text.encode()
-    monkeypatch.setitem(corpus.DATASETS["tinyshakespeare"]["files"], "url",
+    monkeypatch.setitem(named_datasets.DATASETS["tinyshakespeare"]["files"], "url",
                         ("input.txt", "unused", *known(text.encode())))
     args = ["--dataset=tinyshakespeare", f"--url={server.url}/input.txt", "--vocab_size=300"]
     out = run(tmp_path, *args)
@@ -544,7 +546,7 @@ def test_wikitext103_from_a_mirror(server, tmp_path, monkeypatch):
             z.writestr(f"wikitext-103-raw/wiki.{split}.raw", "".join(articles))
     data = buffer.getvalue()
     server.files["/wikitext-103-raw-v1.zip"] = data
-    monkeypatch.setitem(corpus.DATASETS["wikitext103"]["files"], "url",
+    monkeypatch.setitem(named_datasets.DATASETS["wikitext103"]["files"], "url",
                         ("wikitext-103-raw-v1.zip", "unused", *known(data)))
     out = run(tmp_path, "--dataset=wikitext103", "--vocab_size=300",
               f"--url={server.url}/wikitext-103-raw-v1.zip")
@@ -659,7 +661,7 @@ def test_pystdlib_chat_asks_about_each_module_in_one_split():
              "textwrap"]
     modules = {name: importlib.import_module(name) for name in names}
     # val: every 2nd of them but builtins and os.path: dis, json.decoder, opcode
-    chats = list(corpus.stdlib_chats(modules, val_every=2))
+    chats = list(pystdlib.stdlib_chats(modules, val_every=2))
     text = {split: "\n".join(m["content"] for s, c in chats if s == split for m in c)
             for split in ("train", "val")}
     asked = {split: set(re.findall(r"`((?:%s)[\w.]*)" % "|".join(names).replace(".", r"\."),
@@ -715,7 +717,7 @@ def test_dolly_chat_from_a_mirror(server, tmp_path, base):
     server.files["/dolly.jsonl"] = "".join(json.dumps(r) + "\n" for r in rows).encode()
     args = ["--dataset=dolly-chat", f"--url={server.url}/dolly.jsonl"]
     out = run(tmp_path, *args)
-    conversations = [corpus.dolly_messages(r) for r in rows]
+    conversations = [named_datasets.dolly_messages(r) for r in rows]
     assert conversations[0][0]["content"] == "A text about 0.\n\nName a word like the."
     assert conversations[1][0]["content"] == "Name a word like a."
     for split, expected in (("train", [c for i, c in enumerate(conversations) if i % 20 != 19]),
@@ -758,7 +760,7 @@ def fineweb(server, monkeypatch):
     groups, shard 1 in 2, shard 2 (never asked for with --shards=2) and shard 3 in 3; the
     row groups read, in order, are recorded in `reads`."""
     pq = pytest.importorskip("pyarrow.parquet")
-    monkeypatch.setitem(corpus.DATASETS["fineweb-edu"], "shards", 4)
+    monkeypatch.setitem(named_datasets.DATASETS["fineweb-edu"], "shards", 4)
     shards = {0: shard_texts(0, 14), 1: shard_texts(1, 6), 2: shard_texts(2, 9),
               3: shard_texts(3, 8)}
     shards[0][5] = None  # a null row, as an empty one, is no document
@@ -804,11 +806,11 @@ def test_fineweb_edu_reads_a_row_group_at_a_time_in_bounded_memory(tmp_path):
     texts = [f"{i} " + "".join(random.Random(i).choices("abcdefgh ", k=5000)) for i in range(400)]
     path = tmp_path / "shard.parquet"
     path.write_bytes(parquet_bytes(texts, 10))
-    pa, peak, n = corpus.import_pyarrow(), 0, 0
+    pa, peak, n = named_datasets.import_pyarrow(), 0, 0
     tracemalloc.start()
     try:
         base = tracemalloc.get_traced_memory()[0] + pa.total_allocated_bytes()
-        for n, text in enumerate(corpus.parquet_texts(pa, str(path)), 1):
+        for n, text in enumerate(named_datasets.parquet_texts(pa, str(path)), 1):
             assert text == texts[n - 1]
             peak = max(peak, tracemalloc.get_traced_memory()[0] + pa.total_allocated_bytes() - base)
     finally:
