@@ -47,7 +47,7 @@ def check_conversation(messages):
     for i, m in enumerate(messages, 1):
         if m.get("role") not in ROLES:
             raise Error(f"message {i} has the unknown role {m.get('role')!r} "
-                             f"(system, user or assistant)")
+                        f"(system, user or assistant)")
         if not isinstance(m.get("content"), str):
             raise Error(f"message {i} ({m['role']}): its content is not a string")
     roles = [m["role"] for m in messages]
@@ -56,7 +56,7 @@ def check_conversation(messages):
     turns = roles[1:] if roles[0] == "system" else roles
     if turns != ["user", "assistant"] * (len(turns) // 2):
         raise Error(f"the roles go {', '.join(roles)}; after an optional system message "
-                         f"they must alternate user, assistant, ..., ending with an assistant turn")
+                    f"they must alternate user, assistant, ..., ending with an assistant turn")
 
 
 def prompt_text(user, system=None):
@@ -144,12 +144,8 @@ class Conversation:
 
 def encode_with_offsets(sp, text):
     """text's ids and each piece's (begin, end) character offsets in text."""
-    try:
-        out = sp.encode(text, out_type="offset_mapping")  # sentencepiece 0.2.3
-        return out["ids"], out["offsets"]
-    except RuntimeError:  # 0.2.0: unknown out_type
-        pieces = sp.encode(text, out_type="immutable_proto").pieces
-        return [p.id for p in pieces], [(p.begin, p.end) for p in pieces]
+    out = sp.encode(text, out_type="offset_mapping")  # sentencepiece 0.2.3; no protobuf needed
+    return out["ids"], out["offsets"]
 
 
 def render_conversation(sp, messages):
@@ -172,8 +168,8 @@ def render_conversation(sp, messages):
         start = len(prompt)
         if any(begin < start < end for begin, end in offsets):
             raise Error("this tokenizer makes a piece that spans the space after [/INST], "
-                             "so a reply's tokens cannot be told apart; use one whose pieces "
-                             "start at spaces (SentencePiece's default)")
+                        "so a reply's tokens cannot be told apart; use one whose pieces "
+                        "start at spaces (SentencePiece's default)")
         ids += [sp.bos_id(), *pieces, sp.eos_id()]
         mask += [0] + [int(begin >= start) for begin, _ in offsets] + [1]
     return ids, mask

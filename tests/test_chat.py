@@ -23,7 +23,7 @@ SYSTEM = "Be brief.\nAnswer in  English."
 CONVERSATION = [{"role": "system", "content": SYSTEM},
                 {"role": "user", "content": " What did the cat do?\n"},
                 {"role": "assistant", "content": "It sat on a mat.  "},
-                {"role": "user", "content": "And the dog?"},
+                {"role": "user", "content": "And the dog, señor?"},
                 {"role": "assistant", "content": "\n It ran  far away: café 😀"}]
 BARE = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""},
         {"role": "user", "content": "what is it"}, {"role": "assistant", "content": "a dog"}]
@@ -65,7 +65,7 @@ def test_mask_is_the_replies_and_their_eos_exactly(sp, messages):
     if messages is CONVERSATION:  # Meta's rendering, spelled out
         assert texts[0] == ("[INST] <<SYS>>\nBe brief.\nAnswer in  English.\n<</SYS>>\n\n "
                             "What did the cat do? [/INST]", " It sat on a mat. ")
-        assert texts[1] == ("[INST] And the dog? [/INST]", " It ran  far away: café 😀 ")
+        assert texts[1] == ("[INST] And the dog, señor? [/INST]", " It ran  far away: café 😀 ")
     starts = [i for i, t in enumerate(ids) if t == sp.bos_id()] + [len(ids)]
     assert len(starts) - 1 == len(texts) and starts[0] == 0
     for (prompt, reply), a, b in zip(texts, starts, starts[1:]):

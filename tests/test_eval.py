@@ -144,9 +144,9 @@ def error_line(r):
 def scored_tokens(sp, context, continuation):
     """[BOS] + the whole text's ids, and the index there of the first token that covers a
     character of the continuation, by SentencePiece's own offsets (not by eval.py's rule)."""
-    pieces = sp.encode(context + continuation, return_type="proto").pieces
-    first = next(i for i, p in enumerate(pieces) if p.end > len(context.encode()))
-    return [sp.bos_id(), *(p.id for p in pieces)], 1 + first
+    out = sp.encode(context + continuation, out_type="offset_mapping")  # character offsets
+    first = next(i for i, (_, end) in enumerate(out["offsets"]) if end > len(context))
+    return [sp.bos_id(), *out["ids"]], 1 + first
 
 
 def forward_log_likelihood(model, ids, first):
