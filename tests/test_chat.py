@@ -160,7 +160,7 @@ def test_a_turn_too_long_for_the_context_alone_is_refused(sp):
                 assert len(feed) <= n + 1
 
 
-class Model:
+class CountingModel:
     """What a Conversation uses of a model: its context, and KV caches that count their ids."""
 
     def __init__(self, context):
@@ -172,7 +172,8 @@ class Model:
 
 def test_the_chat_loop_skips_a_turn_too_long_and_says_once_that_old_exchanges_go(sp, capsys):
     context = len(chat.turn_ids(sp, "what is it", SYSTEM)) + 40
-    conversation, reply = chat.Conversation(sp, SYSTEM, Model(context), 8), sp.encode(" a dog")
+    conversation = chat.Conversation(sp, SYSTEM, CountingModel(context), 8)
+    reply = sp.encode(" a dog")
     lines = ["what is it", "what " * context] + [f"and thing {i}?" for i in range(12)]
     answered, caches = [], 0
     for user, feed, cache in conversation.turns(lines):
