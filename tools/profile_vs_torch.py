@@ -157,11 +157,11 @@ if side != "both":
     sys.exit()
 sides = {}
 for name in ("torch", "mlx"):
-    r = subprocess.run([sys.executable, os.path.abspath(__file__), *sys.argv[1:], f"--side={name}"],
-                       capture_output=True, text=True)
-    if r.returncode:
-        sys.exit(f"error: the {name} side failed:\n{r.stderr.strip()[-2000:]}")
-    times = json.loads(r.stdout.strip().splitlines()[-1])
+    side_argv = [sys.executable, os.path.abspath(__file__), *sys.argv[1:], f"--side={name}"]
+    run = subprocess.run(side_argv, capture_output=True, text=True)
+    if run.returncode:
+        sys.exit(f"error: the {name} side failed:\n{run.stderr.strip()[-2000:]}")
+    times = json.loads(run.stdout.strip().splitlines()[-1])
     times["the rest"] = times["forward and backward"] - sum(
         t for part, t in times.items() if part not in ("step", "forward and backward", "optimizer"))
     sides[name] = times
