@@ -146,7 +146,8 @@ class Attention(nn.Module):
         q, k, _ = self.project(x)
         k = mx.repeat(k, self.n_heads // self.n_kv_heads, axis=1)  # each query head's kv head
         seen = mx.tril(mx.ones((x.shape[1], x.shape[1]), mx.bool_))
-        return mx.softmax(mx.where(seen, (q * self.scale) @ k.swapaxes(-1, -2), -mx.inf), axis=-1)
+        scores = ((q * self.scale) @ k.swapaxes(-1, -2)).astype(mx.float32)  # rows sum to 1
+        return mx.softmax(mx.where(seen, scores, -mx.inf), axis=-1)
 
 
 class MLP(nn.Module):

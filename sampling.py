@@ -18,6 +18,8 @@ def sample(logits, recent=None, temperature=0.8, top_k=0, top_p=1.0, min_p=0.0,
     whose probability reaches p, min_p those at least min_p times as likely as the likeliest;
     repetition_penalty > 1 makes the `recent` ids (an mx.array) less likely. mx.random.seed makes
     a sample repeatable."""
+    # a bfloat16 softmax over a big vocabulary loses its tail, and top_p with it
+    logits = logits.astype(mx.float32)
     if repetition_penalty != 1.0 and recent is not None and recent.size:
         # CTRL's rule, as mlx-lm applies it, into a new array (a token seen twice: the same value)
         picked = logits[recent]

@@ -141,7 +141,7 @@ val_data, val_info = files.read_tokens(os.path.join(data_path, "val.bin"), token
 chat = train_info["kind"] == "chat"  # conversations: the loss is on the replies' tokens only
 for info in (train_info, val_info):  # chat windows start where a conversation does
     info["starts"] = np.flatnonzero(info["mask"] & files.START) if chat else None
-    info["fits"] = chat and info["starts"][info["starts"] < info["n_tokens"] - max_seq_len - 1]
+    info["fits"] = chat and info["starts"][info["starts"] < info["n_tokens"] - max_seq_len]
 if min(len(train_data), len(val_data)) <= max_seq_len + 1:  # a chat file starts a conversation
     sys.exit(f"error: {data_path} has {len(train_data)} train and {len(val_data)} val tokens, too "
              f"few for max_seq_len={max_seq_len}; lower --max_seq_len or give prepare.py more text")
@@ -177,10 +177,11 @@ def windows(data, starts, w):  # x, y: (B, T) tokens and their next ones, w: the
     return mx.array(xy[:, :-1]), mx.array(xy[:, 1:]), mx.array(w)
 
 # An iteration's windows are a pure function of (seed, it): resuming needs no data-loader state,
-# and the global batch is the same windows however micro-steps and processes cut it.
-def get_batch(data, info, it, micro):
-    rng, n = np.random.default_rng([seed, it]), tokens_per_iter // max_seq_len
-    starts = rng.choice(info["fits"], n) if chat else rng.integers(0, len(data) - max_seq_len - 1,
+# and the global batch is the same windows however micro-steps and processes cut it. An eval
+# takes one micro-step's (micro_steps=1), whatever gradient_accumulation_steps is.
+def get_batch(data, info, it, micro, micro_steps=gradient_accumulation_steps):
+    rng, n = np.random.default_rng([seed, it]), micro_steps * world * batch_size
+    starts = rng.choice(info["fits"], n) if chat else rng.integers(0, len(data) - max_seq_len,
                                                                       size=n)
     mine = slice((micro * world + rank) * batch_size, (micro * world + rank + 1) * batch_size)
     return windows(data, starts[mine], loss_weights(info, starts)[mine])
@@ -344,7 +345,7 @@ def set_training(on):  # dropout only in training: evals and samples see the who
 def eval_and_save(done):
     global best_val_loss
     set_training(False)
-    train, val = (mean_loss(get_batch(data, info, (1 << 40) + k, 0) for k in range(eval_iters))
+    train, val = (mean_loss(get_batch(data, info, (1 << 40) + k, 0, 1) for k in range(eval_iters))
                   for data, info in ((train_data, train_info), (val_data, val_info)))
     check_finite(val, done)  # the update may have broken the model: never save that
     best_val_loss = min(best_val_loss, val)

@@ -77,6 +77,19 @@ def test_the_val_loss_is_the_mean_over_the_replies_tokens(work):
     assert info["n_loss_tokens"] < 0.7 * len(tokens)  # the prompts' tokens are most of it
 
 
+def test_the_evals_losses_do_not_depend_on_gradient_accumulation(work):
+    # Learning rate 0, so both runs eval the base; an eval's windows are one micro-step's, and
+    # their weights must average 1 over those windows, not over the whole batch of the step.
+    evals = []
+    for steps in (1, 2):
+        run("train.py", *FINE_TUNE, f"--out_dir=accum{steps}", "--max_iters=1",
+            "--eval_interval=1", "--learning_rate=0", "--min_lr=0",
+            f"--gradient_accumulation_steps={steps}", cwd=work)
+        evals.append(next(r for r in records(work / f"accum{steps}") if "val_loss" in r))
+    for split in ("train_loss", "val_loss"):
+        assert evals[0][split] == pytest.approx(evals[1][split], rel=1e-5)
+
+
 def test_a_fine_tune_learns_the_replies_and_resumes_exactly(work):
     run("train.py", *FINE_TUNE, "--out_dir=straight", "--max_iters=6", cwd=work)
     run("train.py", *FINE_TUNE, "--out_dir=stopped", "--max_iters=3", cwd=work)

@@ -71,6 +71,17 @@ def test_min_p_keeps_the_tokens_at_least_min_p_times_as_likely_as_the_top_one_at
     assert drawn == {0, 1, 2, 3}
 
 
+def test_top_p_keeps_the_same_tokens_for_bfloat16_logits():
+    # Two tokens hold 0.7 of the mass and 31,998 share the rest, as a big vocabulary spreads a
+    # tail: a bfloat16 sum drops that tail, which made the top token look likelier than top_p.
+    probs = mx.concatenate([mx.array([0.4, 0.3]), mx.full(31_998, 0.3 / 31_998)])
+    for dtype in (mx.float32, mx.bfloat16):
+        logits = mx.log(probs).astype(dtype)
+        mx.random.seed(0)
+        drawn = {sample(logits, None, temperature=1.0, top_p=0.5).item() for _ in range(200)}
+        assert drawn == {0, 1}, dtype
+
+
 def test_sample_is_repeatable_given_the_seed():
     logits, context = mx.zeros(10), mx.array([1, 2, 3])
     settings = dict(temperature=1.0, top_k=8, top_p=0.9, min_p=0.01, repetition_penalty=1.3)

@@ -181,6 +181,10 @@ def test_attention_weights_are_what_attention_takes_from_each_earlier_token():
     assert weights.shape == (2, 4, 12, 12)
     assert mx.allclose(weights.sum(-1), mx.ones((2, 4, 12)), atol=1e-5)
     assert mx.all(mx.triu(weights, k=1) == 0)  # nothing from later tokens
+    wide = tiny(max_seq_len=512)  # and a bfloat16 model's long rows too
+    wide.set_dtype(mx.bfloat16)
+    sums = wide.attention_weights(tokens((1, 512))).sum(-1)
+    assert mx.allclose(sums, mx.ones_like(sums), atol=1e-2)
     # the first block's attention output is these weights times its values
     block, h = model.model.layers[0], model.model.embed_tokens(x)
     attn, normed = block.self_attn, block.input_layernorm(h)
