@@ -116,6 +116,11 @@ def read_examples(path, parse):
     return examples
 
 
+model, config = load_model(out_dir)  # first: a wrong --out_dir should not wait for a download
+sp = files.read_tokenizer(out_dir)
+max_seq_len = model.args.max_seq_len
+if details and not os.path.isdir(os.path.dirname(details) or "."):
+    sys.exit(f"error: --details={details}: no folder {os.path.dirname(details)}/")
 if data:
     if not os.path.isfile(data):
         sys.exit(f"error: --data={data}: no such file")
@@ -124,10 +129,6 @@ else:
     path = os.path.join(data_dir, "evals", TASKS[task][0])
     named_datasets.download(url or TASKS[task][1], path, local="--data=FILE")
 examples = read_examples(path, hellaswag if task == "hellaswag" else lambada)
-
-model, config = load_model(out_dir)
-sp = files.read_tokenizer(out_dir)
-max_seq_len = model.args.max_seq_len
 
 
 def sequence(context, continuation):

@@ -266,8 +266,8 @@ class RunFolder:
 
     def __init__(self, path, resume):
         """Lock the folder, or exit: one run writes it. The OS lets go of the lock when the process
-        ends, however it ends. A new run refuses a folder that holds a checkpoint; a resumed one
-        first finishes a save that a crash cut short, or deletes what there was of it."""
+        ends, however it ends. A save that a crash cut short is first finished, or what there was of
+        it deleted; then a new run refuses a folder that holds a checkpoint."""
         os.makedirs(path, exist_ok=True)
         self.path, self.saved_iter, self.log_file, self.hf_files = path, 0, None, None
         self.lock = open(os.path.join(path, LOCK), "a+")
@@ -278,10 +278,8 @@ class RunFolder:
             raise Error(f"{path}/ is in use by another train.py "
                         f"(process {self.lock.read().strip()}); "
                         f"wait for it to end, or train into another --out_dir")
-        if resume:
-            finish_checkpoint(path)
-        elif (os.path.exists(os.path.join(path, "config.json"))
-              or os.path.isdir(os.path.join(path, SAVING))):
+        finish_checkpoint(path)  # a new run too: an incomplete first save is no checkpoint
+        if not resume and os.path.exists(os.path.join(path, "config.json")):
             raise Error(f"{path}/ already holds a checkpoint, which a new run would replace; "
                         f"continue it with --init_from=resume, or train into another --out_dir "
                         f"(or delete {path}/ to start over)")

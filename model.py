@@ -56,12 +56,20 @@ class ModelArgs:
 
     def __post_init__(self):
         self.n_kv_heads = self.n_kv_heads or self.n_heads
+        for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of",
+                     "max_seq_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+        if self.hidden_dim < 0:
+            raise ValueError(f"hidden_dim={self.hidden_dim} must be at least 0 (0: LLaMA's rule)")
         if not self.hidden_dim:
             hidden = int(2 * 4 * self.dim / 3)
             self.hidden_dim = self.multiple_of * math.ceil(hidden / self.multiple_of)
-        if self.n_heads < 1 or self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
+        if self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
             raise ValueError(f"dim ({self.dim}) must divide by n_heads ({self.n_heads}), "
                              f"and n_heads by n_kv_heads ({self.n_kv_heads})")
+        if self.dim // self.n_heads % 2:  # RoPE turns pairs of a head's dimensions
+            raise ValueError(f"dim / n_heads ({self.dim} / {self.n_heads}) must be even")
 
     # config.json uses the keys of Hugging Face's LlamaConfig, which mlx-lm's llama loader also
     # reads.

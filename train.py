@@ -99,6 +99,8 @@ check(globals(), [(name, globals()[name] >= 1, "at least 1") for name in (
     ("dropout", 0 <= dropout < 1, "at least 0 and below 1"),
     ("max_minutes", max_minutes >= 0, "at least 0 (0 turns the budget off)"),
     ("dtype", dtype in ("auto", "float32", "bfloat16"), "one of auto, float32, bfloat16"),
+    ("learning_rate", learning_rate >= 0, "at least 0"),
+    ("min_lr", min_lr >= 0, "at least 0"),
     ("learning_rate", optimizer != "muon" or learning_rate > 0,
      "above 0: Muon's rate follows its schedule, scaled"),
     ("threads", threads >= 1 and batch_size % threads == 0 and (cpu.ON_CPU or threads == 1),
@@ -373,6 +375,13 @@ def on_signal(signum, frame):  # a second signal ends the run at once
     stop_signal = signum
     signal.signal(signum, signal.SIG_DFL)
 
+def interrupted(signum):  # after a save: exit 130 (SIGINT) or 143 (SIGTERM)
+    if master:
+        print(f"interrupted: {out_dir}/ holds iteration {it}; " + (
+            "the final pass over val did not run" if it >= max_iters else "resume with python "
+            f"train.py --out_dir={out_dir} --init_from=resume (and the same settings)"))
+    sys.exit(128 + signum)
+
 signal.signal(signal.SIGINT, on_signal)
 signal.signal(signal.SIGTERM, on_signal)
 if master:
@@ -418,13 +427,10 @@ while it < max_iters:
     if done % eval_interval == 0 or done == max_iters or stop_now:
         eval_and_save(done)
         t_last, it_last = time.perf_counter(), done  # evaluation time is not training time
-    if stop_now:
-        if master:
-            print("interrupted: resume with python train.py --init_from=resume (and the same "
-                  "settings)")
-        all_mean(mx.array(0.0)).item()  # wait for rank 0's save: mlx.launch ends all once one fails
-        sys.exit(128 + (stop_signal or signal.SIGINT))
     it = done
+    if stop_now:
+        all_mean(mx.array(0.0)).item()  # wait for rank 0's save: mlx.launch ends all once one fails
+        interrupted(stop_signal or signal.SIGINT)
 
 # The end: the loss over every val token once (windows side by side, each predicting its tokens
 # from those before it in the window), the number to compare runs by, whichever windows the evals
@@ -433,7 +439,10 @@ set_training(False)
 starts = val_info["starts"] if chat else np.arange((len(val_data) - 1) // max_seq_len) * max_seq_len
 w = loss_weights(val_info, starts, np.append(starts[1:], len(val_data)))
 loss = mean_loss(windows(val_data, starts[i:i + batch_size], w[i:i + batch_size])
-                 for i in range(rank * batch_size, len(starts), batch_size * world))
+                 for i in range(rank * batch_size, len(starts), batch_size * world)
+                 if not stop_signal)  # saved: a signal now only cuts this pass short
+if stop_signal:
+    interrupted(stop_signal)
 if master:
     n = int(np.count_nonzero(w))
     folder.log({"iter": it, "val_loss_full": loss, "val_bpb_full": bits_per_byte(loss),

@@ -280,3 +280,17 @@ def test_a_new_run_never_replaces_a_checkpoint_it_was_not_told_to(work):
                              cwd=work, ok=False))
     assert "precious/ already holds a checkpoint" in message and "--init_from=resume" in message
     assert folder_state(work / "precious") == before  # log.jsonl included
+
+
+def test_a_new_run_takes_a_folder_whose_first_save_was_cut_short(work):
+    # Stopped at once (a second Ctrl-C) while the first save had written only the weights: there
+    # is no checkpoint to keep, so a new run starts there, and a resume says there is none.
+    (work / "first" / files.SAVING).mkdir(parents=True)
+    (work / "first" / files.SAVING / "model.safetensors").write_bytes(b"part of the weights")
+    assert "no checkpoint in 'first'" in error_line(
+        run(*TINY, "--max_iters=1", "--out_dir=first", "--init_from=resume", cwd=work, ok=False))
+    (work / "first" / files.SAVING).mkdir()
+    (work / "first" / files.SAVING / "model.safetensors").write_bytes(b"part of the weights")
+    run(*TINY, "--max_iters=1", "--eval_interval=1", "--out_dir=first", cwd=work)
+    assert (work / "first" / "config.json").exists()
+    assert not (work / "first" / files.SAVING).exists()

@@ -189,7 +189,7 @@ def test_ctrl_c_on_one_rank_stops_every_rank_at_the_same_iteration(work):
             break
     (rc0, out0, err0), (rc1, _, err1) = finish(procs)
     assert (rc0, rc1) == (130, 130), err0 + err1
-    assert "interrupted: resume with" in out0 and "Traceback" not in err0 + err1
+    assert "--out_dir=interrupted --init_from=resume" in out0 and "Traceback" not in err0 + err1
     assert (json.loads((work / "interrupted" / "config.json").read_text())["train_state"]["iter"]
             >= 3)
     assert not (other / "interrupted").exists()  # only rank 0 writes files

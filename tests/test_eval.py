@@ -341,6 +341,10 @@ def test_bad_data_gets_one_line_naming_the_file_and_line(tokenizers, tmp_path):
     write_jsonl(tmp_path / "ok.jsonl", [{"text": "a b"}])
     assert "no checkpoint in 'nothing'" in error_line(
         run("--out_dir=nothing", "--task=lambada", "--data=ok.jsonl", cwd=tmp_path, ok=False))
+    assert "no checkpoint in 'nothing'" in error_line(  # said before any download
+        run("--out_dir=nothing", "--task=lambada", "--data_dir=nowhere", cwd=tmp_path, ok=False))
+    assert "--details=nodir/d.jsonl: no folder nodir/" in error_line(  # said before the scoring
+        run("--task=lambada", "--data=ok.jsonl", "--details=nodir/d.jsonl", cwd=tmp_path, ok=False))
     assert not (tmp_path / "out" / "evals.jsonl").exists()  # nothing scored, nothing recorded
 
 

@@ -64,6 +64,13 @@ def test_grouped_query_attention_shapes():
     assert cache[0].keys.shape == (3, 2, args.max_seq_len, head_dim)
     with pytest.raises(ValueError, match="n_kv_heads"):
         ModelArgs(**{**TINY, "n_kv_heads": 3})
+    for bad, message in [({"dim": 0}, "dim=0 must be at least 1"),
+                         ({"n_layers": 0}, "n_layers=0 must be"),
+                         ({"n_kv_heads": -2}, "n_kv_heads=-2 must be"),
+                         ({"hidden_dim": -1}, "hidden_dim=-1 must be at least 0"),
+                         ({"dim": 8, "n_heads": 8}, r"dim / n_heads \(8 / 8\) must be even")]:
+        with pytest.raises(ValueError, match=message):
+            ModelArgs(**{**TINY, **bad})
 
 
 def test_rope_score_depends_only_on_relative_position():
