@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import sentencepiece as spm
 
 from model import load_model  # first: model.py loads cpu.py, which must come before mlx.core
 import files
@@ -50,7 +49,7 @@ model, config = load_model(out_dir)
 args = model.args
 if not os.path.isfile(tokenizer_path):
     sys.exit(f"error: {out_dir!r} has no tokenizer.model, which the GGUF file must include")
-sp = spm.SentencePieceProcessor(model_file=tokenizer_path)
+sp = files.read_tokenizer(out_dir)
 hf_tokenizer.check_normalization(sp, "llama.cpp")
 if sp.vocab_size() > args.vocab_size:
     sys.exit(f"error: tokenizer.model has {sp.vocab_size()} pieces, the model only "

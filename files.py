@@ -378,7 +378,11 @@ def read_resume(path, config, optimizer):
         raise Error(f"{path}/{OPTIMIZER} holds {saved.get('optimizer', 'adamw')}'s state, not "
                     f"{optimizer}'s; resume with --optimizer={saved.get('optimizer', 'adamw')}, or "
                     f"{weights_only}")
-    arrays, meta = mx.load(os.path.join(path, OPTIMIZER), return_metadata=True)
+    try:
+        arrays, meta = mx.load(os.path.join(path, OPTIMIZER), return_metadata=True)
+    except (RuntimeError, ValueError) as e:
+        raise Error(f"{path}/{OPTIMIZER} cannot be read ({e}); it is damaged: copy it back "
+                    f"from a backup, or {weights_only}")
     if meta.get("iter") != str(state["iter"]):
         raise Error(f"{path}/{OPTIMIZER} is from iteration {meta.get('iter')}, config.json "
                     f"from {state['iter']}: files of two checkpoints were mixed by hand; put back "
@@ -408,7 +412,11 @@ def read_tokenizer(path):
     tokenizer_path = os.path.join(path, "tokenizer.model")
     if not os.path.isfile(tokenizer_path):
         raise Error(f"{path!r} has no tokenizer.model; copy in the one the model was trained with")
-    return spm.SentencePieceProcessor(model_file=tokenizer_path)
+    try:
+        return spm.SentencePieceProcessor(model_file=tokenizer_path)
+    except RuntimeError as e:
+        raise Error(f"{tokenizer_path} cannot be read ({e}); it is damaged: copy in the one the "
+                    f"model was trained with") from None
 
 
 def read_config(path):

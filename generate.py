@@ -10,6 +10,7 @@ samples as they are produced, or with --interactive=True a sample for each line 
     python generate.py --out_dir=out-chat --chat=True --system="Answer in one sentence."
     python generate.py --attention=attn.svg --prompt="def fibonacci(n):"   # where each token looks
 """
+import os
 import sys
 import time
 from pathlib import Path
@@ -52,7 +53,9 @@ check(globals(), [("temperature", temperature >= 0, "at least 0"),
                   ("min_p", 0 <= min_p < 1, "at least 0 and below 1"),
                   ("repetition_penalty", repetition_penalty > 0, "above 0"),
                   ("repetition_context", repetition_context >= 0, "at least 0"),
-                  ("max_new_tokens", max_new_tokens > 0, "at least 1")])
+                  ("max_new_tokens", max_new_tokens > 0, "at least 1"),
+                  ("attention", not attention or os.path.isdir(os.path.dirname(attention) or "."),
+                   "a file in a folder that exists")])
 
 model, config = load_model(out_dir)
 sp = files.read_tokenizer(out_dir)

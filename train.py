@@ -93,6 +93,7 @@ check(globals(), [(name, globals()[name] >= 1, "at least 1") for name in (
     "batch_size", "gradient_accumulation_steps", "max_iters", "eval_interval", "eval_iters",
     "log_interval")] + [("max_seq_len", max_seq_len >= 2, "at least 2"),
     ("sample_tokens", sample_tokens >= 0, "at least 0"),
+    ("out_dir", out_dir != "", "a folder"),
     ("optimizer", optimizer in ("adamw", "muon"), "one of adamw, muon"),
     ("lr_schedule", lr_schedule in ("cosine", "wsd"), "one of cosine, wsd"),
     ("cooldown_frac", 0 <= cooldown_frac <= 1, "between 0 and 1"),
@@ -232,8 +233,9 @@ if world > 1:  # every process starts from rank 0's weights, optimizer state and
 if budget_open:
     max_iters = math.inf  # until iterations_that_fit decides; the schedule holds its peak till then
 if start_iter >= max_iters:
+    budget = " with --max_minutes=0 (the budget's count holds else)" * (max_minutes > 0)
     sys.exit(f"error: {out_dir} is already at iteration {start_iter}; to train on, raise "
-             f"--max_iters (and --lr_decay_iters, or the schedule restarts its decay)")
+             f"--max_iters{budget} (and --lr_decay_iters, or the schedule restarts its decay)")
 
 # learning rate schedule: warmup, then wsd (constant, then a linear cooldown) or cosine decay
 def get_lr(it):

@@ -216,7 +216,9 @@ def test_repetition_context_sets_how_far_back_the_penalty_looks(work):
 def test_bad_sampling_settings_get_one_line_errors(work):
     for arg, message in (("--min_p=1", "--min_p=1.0 must be at least 0 and below 1"),
                          ("--min_p=-0.5", "--min_p=-0.5 must be at least 0 and below 1"),
-                         ("--repetition_context=-1", "--repetition_context=-1 must be at least 0")):
+                         ("--repetition_context=-1", "--repetition_context=-1 must be at least 0"),
+                         ("--attention=nodir/a.svg",
+                          "--attention='nodir/a.svg' must be a file in a folder that exists")):
         r = run("generate.py", arg, cwd=work, ok=False)
         lines = [line for line in r.stderr.strip().splitlines()
                  if not line.startswith("Overriding: ")]

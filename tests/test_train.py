@@ -184,6 +184,8 @@ def test_bad_inputs_get_one_line_errors(work, tmp_path):
     assert "dim (30) must divide by n_heads (4)" in error_line(r)
     r = run("train.py", "--dataset=tiny", "--dim=8", "--n_heads=8", cwd=work, ok=False)
     assert "dim / n_heads (8 / 8) must be even" in error_line(r)  # a line, not a traceback
+    r = run("train.py", "--dataset=tiny", "--out_dir=", cwd=work, ok=False)
+    assert "--out_dir='' must be a folder" in error_line(r)
     r = run("train.py", "--dataset=tiny", "--eval_interval=0", cwd=work, ok=False)
     assert "--eval_interval=0 must be at least 1" in error_line(r)
     r = run("train.py", "--dataset=tiny", "--threads=3", *TINY, cwd=work, ok=False)
@@ -478,6 +480,10 @@ def test_max_minutes_decides_max_iters_once_at_the_cooldown_and_a_resume_keeps_i
     r = run("train.py", "--out_dir=budget_stopped", *budget, "--init_from=resume", cwd=work)
     assert f"iterations {saved} -> {n}" in r.stdout and "iterations fit" not in r.stdout
     assert list(losses(work / "budget_stopped")) == list(range(1, n + 1))
+    r = run("train.py", "--out_dir=budget_stopped", *budget, "--init_from=resume",
+            f"--max_iters={n + 10}", cwd=work, ok=False)  # the budget's count holds: say so
+    assert f"already at iteration {n}; to train on, raise --max_iters with --max_minutes=0" in \
+        error_line(r)
     r = run("train.py", "--out_dir=budget_recount", *budget, "--init_from=resume",
             "--max_minutes=0", f"--max_iters={saved + 2}", cwd=work)
     assert f"iterations {saved} -> {saved + 2}" in r.stdout  # with the budget off, max_iters rules
