@@ -131,7 +131,8 @@ if resume:
         max_iters = settings["max_iters"] = saved_settings["max_iters"]
         budget_open = False
     changed = ", ".join(f"{k} {v!r} -> {settings[k]!r}" for k, v in saved_settings.items()
-                        if k in settings and settings[k] != v and k != "init_from")
+                        if k in settings and settings[k] != v and k != "init_from"
+                        and (k not in MODEL_ARGS or k == "max_seq_len"))  # the shape is saved
     if master and changed:
         print(f"note: resuming with settings that differ from the checkpoint's: {changed}")
 elif source and not os.path.isfile(tokenizer_path):
@@ -155,6 +156,8 @@ if not source:
     except (ValueError, ZeroDivisionError) as e:
         sys.exit(f"error: {e}")
 args = model.args
+# the shape that trains (a checkpoint's, whatever the flags say), for config.json and compare.py
+settings.update({k: getattr(args, k) for k in MODEL_ARGS if k in settings and k != "max_seq_len"})
 if train_info["vocab_size"] > args.vocab_size:
     sys.exit(f"error: the data's vocabulary ({train_info['vocab_size']}) is larger than the "
              f"model's ({args.vocab_size}); prepare the data with the model's tokenizer")

@@ -108,6 +108,20 @@ def test_resume_continues_exactly_where_an_uninterrupted_run_would_be(work):
     assert a == b
 
 
+def test_a_loaded_models_shape_is_what_the_settings_record(work):
+    # Fine-tuned and resumed with the default shape flags (dim 256, ...): the checkpoint's shape
+    # trains, and config.json and the resume's note say so, not the flags'.
+    shape = TINY[:4]
+    run("train.py", "--dataset=tiny", "--out_dir=shaped", "--max_iters=1", *shape, cwd=work)
+    run("train.py", "--dataset=tiny", "--out_dir=reshaped", "--init_from=shaped", "--max_iters=1",
+        cwd=work)
+    r = run("train.py", "--dataset=tiny", "--out_dir=reshaped", "--init_from=resume",
+            "--max_iters=2", cwd=work)
+    assert "max_iters 1 -> 2" in r.stdout and "dim" not in r.stdout.split("note:")[1].split("\n")[0]
+    saved = json.loads((work / "reshaped" / "config.json").read_text())["train_settings"]
+    assert (saved["dim"], saved["n_layers"], saved["n_heads"], saved["n_kv_heads"]) == (32, 2, 4, 2)
+
+
 def test_gradient_accumulation_gives_the_losses_of_the_bigger_batch(work):
     run("train.py", "--dataset=tiny", "--out_dir=big", "--max_iters=3", "--eval_interval=3", *TINY,
         "--batch_size=8", cwd=work)
