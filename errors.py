@@ -12,13 +12,16 @@ class Error(ValueError):
 
 
 def print_errors_as_one_line():
-    """Let an uncaught Error end the script as `sys.exit("error: ...")` would; anything else
-    keeps its traceback."""
+    """Let an uncaught Error end the script as `sys.exit("error: ...")` would, and Ctrl-C end it
+    without a traceback (Python still exits as killed by SIGINT); anything else keeps its
+    traceback."""
     default = sys.excepthook
 
     def hook(kind, value, traceback):
         if issubclass(kind, Error):
             print(f"error: {value}", file=sys.stderr)
+        elif issubclass(kind, KeyboardInterrupt):  # Ctrl-C: the user stopped it on purpose
+            print(file=sys.stderr)
         else:
             default(kind, value, traceback)
     sys.excepthook = hook

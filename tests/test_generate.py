@@ -2,6 +2,7 @@
 runs them."""
 import os
 import pty
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -211,6 +212,16 @@ def test_repetition_context_sets_how_far_back_the_penalty_looks(work):
     last_token = generate(work, *penalised, "--repetition_context=1").stdout
     # 0: the whole context
     assert last_token != generate(work, *penalised, "--repetition_context=0").stdout
+
+
+def test_ctrl_c_stops_a_sample_without_a_traceback(work):
+    p = subprocess.Popen([sys.executable, str(ROOT / "generate.py"), "--max_new_tokens=1000000",
+                          "--prompt=the cat"], cwd=work, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    assert p.stdout.read(20)  # it is writing
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == -signal.SIGINT and "Traceback" not in err, err
 
 
 def test_bad_sampling_settings_get_one_line_errors(work):
