@@ -48,7 +48,9 @@ TASKS = {"hellaswag": ("hellaswag_val.jsonl", "https://raw.githubusercontent.com
                      "data/lambada_test.jsonl")}
 check(globals(), [("task", task in TASKS, f"one of {', '.join(TASKS)}"),
                   ("limit", limit >= 0, "at least 0 (0 scores every example)"),
-                  ("batch_size", batch_size >= 1, "at least 1")])
+                  ("batch_size", batch_size >= 1, "at least 1"),
+                  ("details", not details or os.path.isdir(os.path.dirname(details) or "."),
+                   "a file in a folder that exists")])
 
 
 def preprocess(text):
@@ -119,8 +121,6 @@ def read_examples(path, parse):
 model, config = load_model(out_dir)  # first: a wrong --out_dir should not wait for a download
 sp = files.read_tokenizer(out_dir)
 max_seq_len = model.args.max_seq_len
-if details and not os.path.isdir(os.path.dirname(details) or "."):
-    sys.exit(f"error: --details={details}: no folder {os.path.dirname(details)}/")
 if data:
     if not os.path.isfile(data):
         sys.exit(f"error: --data={data}: no such file")
