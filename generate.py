@@ -66,11 +66,11 @@ sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                 repetition_penalty=repetition_penalty, repetition_context=repetition_context)
 
 
-def encode(prompt):
+def encode(prompt, seen=max_seq_len // 2):  # seen: how many a long prompt keeps (sampling.py's)
     tokens = [sp.bos_id()] + sp.encode(prompt)
     if len(tokens) >= max_seq_len:
         print(f"note: the prompt has {len(tokens)} tokens, more than the model's context of "
-              f"{max_seq_len}; the model sees its last {max_seq_len // 2}", file=sys.stderr)
+              f"{max_seq_len}; the model sees its last {seen}", file=sys.stderr)
     return tokens
 
 
@@ -108,7 +108,7 @@ def read_prompt():
 
 
 if attention:
-    tokens = encode(prompt)[-max_seq_len:]
+    tokens = encode(prompt, max_seq_len)[-max_seq_len:]
     weights = model.attention_weights(mx.array([tokens]))
     pieces = [sp.id_to_piece(t).replace("\u2581", " ") for t in tokens]  # SentencePiece's space
     files.write_atomic(attention, plot.attention_svg(weights.tolist(), pieces,

@@ -74,7 +74,7 @@ lr_decay_iters = 0  # 0 means max_iters
 weight_decay = 0.1  # AdamW's, matrices only: norms' gains are not decayed
 beta1 = 0.9  # AdamW's momentum
 beta2 = 0.95  # AdamW's second-moment decay
-grad_clip = 1.0  # clip the global gradient norm; 0 disables
+grad_clip = 1.0  # clip the global gradient norm to this; 0 disables
 dropout = 0.0  # in training only: on the embedding's output and each residual branch
 # system
 seed = 1337  # the initial weights, every batch's windows, dropout's masks
@@ -91,17 +91,15 @@ settings = configure(globals(), echo=None if master else False)
 threads = threads or cpu.worker_threads(batch_size, world)
 check(globals(), [(name, globals()[name] >= 1, "at least 1") for name in (
     "batch_size", "gradient_accumulation_steps", "max_iters", "eval_interval", "eval_iters",
-    "log_interval")] + [("max_seq_len", max_seq_len >= 2, "at least 2"),
-    ("sample_tokens", sample_tokens >= 0, "at least 0"),
-    ("out_dir", out_dir != "", "a folder"),
+    "log_interval")] + [(name, globals()[name] >= 0, "at least 0") for name in (
+    "sample_tokens", "learning_rate", "min_lr", "grad_clip")] + [
+    ("max_seq_len", max_seq_len >= 2, "at least 2"), ("out_dir", out_dir != "", "a folder"),
     ("optimizer", optimizer in ("adamw", "muon"), "one of adamw, muon"),
     ("lr_schedule", lr_schedule in ("cosine", "wsd"), "one of cosine, wsd"),
     ("cooldown_frac", 0 <= cooldown_frac <= 1, "between 0 and 1"),
     ("dropout", 0 <= dropout < 1, "at least 0 and below 1"),
     ("max_minutes", max_minutes >= 0, "at least 0 (0 turns the budget off)"),
     ("dtype", dtype in ("auto", "float32", "bfloat16"), "one of auto, float32, bfloat16"),
-    ("learning_rate", learning_rate >= 0, "at least 0"),
-    ("min_lr", min_lr >= 0, "at least 0"),
     ("learning_rate", optimizer != "muon" or learning_rate > 0,
      "above 0: Muon's rate follows its schedule, scaled"),
     ("threads", threads >= 1 and batch_size % threads == 0 and (cpu.ON_CPU or threads == 1),
@@ -308,10 +306,7 @@ def gradients(it):  # -> the loss and the gradients of iteration it's global bat
     return all_mean(loss), grads
 
 def update(grads):
-    if grad_clip > 0:
-        grads, grad_norm = optim.clip_grad_norm(grads, grad_clip)
-    else:
-        grad_norm = mx.sqrt(sum((g * g).sum() for _, g in tree_flatten(grads)))
+    grads, grad_norm = optim.clip_grad_norm(grads, grad_clip or math.inf)  # 0: the norm alone
     opt.update(model, grads)
     return grad_norm
 

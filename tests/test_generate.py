@@ -252,3 +252,10 @@ def test_attention_draws_each_layer_and_head_over_the_prompt(work):
     first_row = [c for c in heads[0]
                  if c.get("y") == heads[0][0].get("y") and c.get("fill-opacity")]
     assert [c.get("fill-opacity") for c in first_row] == ["1.000"]
+    # a prompt longer than the context: the picture shows its last max_seq_len tokens, as the note
+    # says (sampling keeps the last half; the note says which)
+    words = " ".join(["the cat sat on a mat"] * 40)
+    r = run("generate.py", "--attention=long.svg", f"--prompt={words}", cwd=work)
+    shown = [t for t in ET.parse(work / "long.svg").getroot().iter(
+        "{http://www.w3.org/2000/svg}text") if t.get("class") == "token"]
+    assert f"the model sees its last {len(shown) // 2}\n" in r.stderr

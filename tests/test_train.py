@@ -540,6 +540,7 @@ def test_the_levers_bad_values_get_one_line_errors(work):
                          ("--max_minutes=-1", "--max_minutes=-1.0 must be at least 0"),
                          ("--learning_rate=-1", "--learning_rate=-1.0 must be at least 0"),
                          ("--min_lr=-1", "--min_lr=-1.0 must be at least 0"),
+                         ("--grad_clip=-1", "--grad_clip=-1.0 must be at least 0"),
                          ("--learning_rate=0",
                           "--learning_rate=0.0 must be above 0: Muon's rate follows")):
         extra = ["--optimizer=muon"] if arg == "--learning_rate=0" else []
