@@ -366,7 +366,7 @@ def read_resume(path, config, optimizer):
     do."""
     import mlx.core as mx
     weights_only = f"start from the weights alone with --init_from={path} --out_dir=<a new folder>"
-    if "train_state" not in config:
+    if "train_state" not in config or "train_settings" not in config:
         raise Error(f"{path} is not a checkpoint of train.py (no training state to resume); "
                     f"{weights_only}")
     for name in (OPTIMIZER, "tokenizer.model"):

@@ -214,11 +214,12 @@ def test_bad_inputs_get_one_line_errors(work, tmp_path):
             cwd=work, ok=False)
     assert "weights_only/optimizer.safetensors is missing, and resuming needs it" in error_line(r)
     config = json.loads((work / "weights_only" / "config.json").read_text())
-    del config["train_state"]  # a Hugging Face folder, say
-    (work / "weights_only" / "config.json").write_text(json.dumps(config))
-    r = run("train.py", "--dataset=tiny", "--out_dir=weights_only", "--init_from=resume", *TINY,
-            cwd=work, ok=False)
-    assert "is not a checkpoint of train.py" in error_line(r)
+    for key in ("train_settings", "train_state"):  # edited by hand; a Hugging Face folder, say
+        del config[key]
+        (work / "weights_only" / "config.json").write_text(json.dumps(config))
+        r = run("train.py", "--dataset=tiny", "--out_dir=weights_only", "--init_from=resume",
+                *TINY, cwd=work, ok=False)
+        assert "is not a checkpoint of train.py" in error_line(r)
 
     # a token file that is cut short, or that is not a token file at all
     bad = work / "data" / "bad"
