@@ -19,6 +19,7 @@ exists (numbers in the README, "Speed"):
 - A buffer cache as big as a step: MLX's default of 32 MB page-faulted every step's activations.
 """
 import ctypes
+from functools import partial
 import importlib.metadata
 import os
 import queue
@@ -165,7 +166,9 @@ def set_blas_threads(n):
 # compiled kernel vectorises. Within 3e-5 of e^x, relatively, for |x| <= 40 (float32's rounding,
 # times 256), 1e-3 down to -88, where e^x leaves float32's normal range; 0 below -104, as e^x
 # rounds to. Its gradient is its output, as exp's.
+# Compiled here too: uncompiled callers (evals, generate.py) would run its 20 ops as 20 passes.
 @mx.custom_function
+@partial(mx.compile, shapeless=True)
 def exp(x):
     # in float32 whatever x is: bfloat16's rounding, times 256, would be all of the value
     y = mx.maximum(x.astype(mx.float32), -104.0) * (1 / 256)
