@@ -164,15 +164,17 @@ def set_blas_threads(n):
 
 # e^x as (Taylor's degree-5 polynomial of x / 256) ** 256: multiplies and adds only, which a
 # compiled kernel vectorises. Within 3e-5 of e^x, relatively, for |x| <= 40 (float32's rounding,
-# times 256), 1e-3 down to -88, where e^x leaves float32's normal range; 0 below -104, as e^x
-# rounds to. Its gradient is its output, as exp's.
+# times 256), 1e-3 down to -87; 0 below, where e^x leaves float32's normal range: a subnormal
+# result, even one that rounds to 0, stalls an Intel CPU 6x (docs/benchmarks.md), and attention's
+# masked scores are a fifth of its exps. Its gradient is its output, as exp's.
 # Compiled here too: uncompiled callers (evals, generate.py) would run its 20 ops as 20 passes.
 @mx.custom_function
 @partial(mx.compile, shapeless=True)
 def exp(x):
     # in float32 whatever x is: bfloat16's rounding, times 256, would be all of the value
-    y = mx.maximum(x.astype(mx.float32), -104.0) * (1 / 256)
+    y = x.astype(mx.float32) * (1 / 256)
     e = 1 + y * (1 + y * (1 / 2 + y * (1 / 6 + y * (1 / 24 + y * (1 / 120)))))
+    e = mx.where(y < -87 / 256, 0.0, e)
     for _ in range(8):
         e = e * e
     return e.astype(x.dtype)
@@ -181,17 +183,6 @@ def exp(x):
 @exp.vjp
 def exp_vjp(x, cotangent, e):
     return cotangent * e
-
-
-@mx.custom_function
-def softmax(x):  # over the last axis
-    e = exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-@softmax.vjp
-def softmax_vjp(primals, cotangent, p):  # from the saved probabilities: no exp in the backward pass
-    return p * (cotangent - (cotangent * p).sum(axis=-1, keepdims=True))
 
 
 # x * sigmoid(x); the cap keeps e^-x finite, or its gradient would be 0 * inf = nan for x < -88
@@ -208,26 +199,69 @@ def cross_entropy(logits, targets):
     return logsumexp - mx.take_along_axis(logits, targets[..., None], axis=-1).squeeze(-1)
 
 
-# mx.fast.scaled_dot_product_attention, for mask None or "causal"
+def _blocks(L, S):
+    """(first query, queries, keys seen) of each block of CHUNK queries: query i sits at position
+    S - L + i, after any cached tokens, and sees the keys up to it"""
+    return [(i, min(CHUNK, L - i), S - L + min(i + CHUNK, L)) for i in range(0, L, CHUNK)]
+
+
+# Causal softmax(q kᵀ) v a block of queries at a time, against only the keys they see, with its
+# own backward pass (flash attention's): a block's scores s are written once, by the matmul that
+# adds the mask, and e = e^(s - max) once; p = e / sum(e) is never written, and the backward pass
+# makes the scores' gradient p (dO vᵀ - rowsum(dO O)) in one pass and sums each key's gradient a
+# block at a time. MLX's autodiff of the same took 5 passes and a zero-padded copy of k and v's
+# gradients per block: 1.3x as long (docs/benchmarks.md).
+@mx.custom_function
+def _causal(q, k, v):  # q: (B, n_kv_heads, group, L, hd), scaled; k, v: (B, n_kv_heads, 1, S, hd)
+    out, es, sums = [], [], []
+    for i, n, seen in _blocks(q.shape[-2], k.shape[-2]):
+        future = mx.arange(seen - n, seen)[:, None] < mx.arange(seen)
+        s = mx.addmm(mx.where(future, -mx.inf, 0.0).astype(q.dtype), q[..., i:i + n, :],
+                     k[..., :seen, :].swapaxes(-1, -2))  # (B, n_kv_heads, group, n, seen)
+        es.append(exp(s - s.max(axis=-1, keepdims=True)))
+        sums.append(es[-1].sum(axis=-1, keepdims=True))
+        out.append((es[-1] @ v[..., :seen, :]) / sums[-1])
+    return (mx.concatenate(out, axis=-2), *es, *sums)
+
+
+@_causal.vjp
+def _causal_vjp(primals, cotangents, outputs):
+    q, k, v = primals
+    blocks = _blocks(q.shape[-2], k.shape[-2])
+    out, es, sums = outputs[0], outputs[1:len(blocks) + 1], outputs[len(blocks) + 1:]
+    dq, dk, dv = [], [], []
+    for (i, n, seen), e, total in zip(blocks, es, sums):
+        d_out = cotangents[0][..., i:i + n, :] / total
+        ds = e * (d_out @ v[..., :seen, :].swapaxes(-1, -2)
+                  - (d_out * out[..., i:i + n, :]).sum(axis=-1, keepdims=True))
+        dq.append(ds @ k[..., :seen, :])
+        dk.append((ds.swapaxes(-1, -2) @ q[..., i:i + n, :]).sum(axis=2, keepdims=True))
+        dv.append((e.swapaxes(-1, -2) @ d_out).sum(axis=2, keepdims=True))
+    return mx.concatenate(dq, axis=-2), _sum_by_key(dk, blocks), _sum_by_key(dv, blocks)
+
+
+def _sum_by_key(grads, blocks):
+    """grads[b]: (..., keys seen by block b, hd) -> their sum over the blocks, a key block at a
+    time (each key block is seen by its own query block and those after it)"""
+    ends = [seen for _, _, seen in blocks]
+    out = []
+    for b, (start, end) in enumerate(zip([0] + ends, ends)):
+        total = grads[b][..., start:end, :]
+        for g in grads[b + 1:]:
+            total = total + g[..., start:end, :]
+        out.append(total)
+    return mx.concatenate(out, axis=-2)
+
+
 def attention(q, k, v, scale, mask=None):
-    # q: (B, n_heads, L, hd); k, v: (B, n_kv_heads, S, hd), S >= L. Query i sits at position
-    # S - L + i, after any cached tokens, and sees the keys up to it. CHUNK queries at a time
-    # against only the keys they can see skip most of the masked half.
+    """mx.fast.scaled_dot_product_attention, for mask None or "causal".
+    q: (B, n_heads, L, hd); k, v: (B, n_kv_heads, S, hd), S >= L, any cached tokens first."""
     B, n_heads, L, hd = q.shape
-    S, n_kv_heads = k.shape[2], k.shape[1]
     if mask is None:
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale)
     # query heads grouped by their kv head
-    q = (q * scale).reshape(B, n_kv_heads, n_heads // n_kv_heads, L, hd)
-    k, v = k[:, :, None], v[:, :, None]  # (B, n_kv_heads, 1, S, hd)
-    out = []
-    for i in range(0, L, CHUNK):
-        seen = S - L + min(i + CHUNK, L)  # keys visible to the last query of the block
-        # (B, n_kv, group, CHUNK, seen)
-        scores = q[:, :, :, i:i + CHUNK] @ k[:, :, :, :seen].swapaxes(-1, -2)
-        visible = mx.arange(S - L + i, S - L + i + scores.shape[-2])[:, None] >= mx.arange(seen)
-        out.append(softmax(mx.where(visible, scores, -mx.inf)) @ v[:, :, :, :seen])
-    return mx.concatenate(out, axis=3).reshape(B, n_heads, L, hd)
+    q = (q * scale).reshape(B, k.shape[1], n_heads // k.shape[1], L, hd)
+    return _causal(q, k[:, :, None], v[:, :, None])[0].reshape(B, n_heads, L, hd)
 
 
 class Workers:

@@ -80,28 +80,31 @@ def test_cpu_attention_equals_mlx_causal_attention_and_its_gradients(L, S):
                            atol=1e-5)
 
 
-def test_cpu_exp_is_within_3e_5_of_exp_with_its_gradient_and_0_past_float32s_range():
+def test_cpu_exp_is_within_3e_5_of_exp_with_its_gradient_and_0_past_float32s_normals():
     x = mx.concatenate([mx.linspace(-40, 40, 100_001), mx.array([-104.5, -1e30, -mx.inf])])
     _, grad = mx.value_and_grad(lambda x: cpu.exp(x).sum())(x)
     with mx.stream(mx.cpu):
         exact = mx.exp(x)
         assert (mx.abs(cpu.exp(x) / mx.maximum(exact, 1e-37) - 1)[:-3] <= 3e-5).all().item()
         assert (cpu.exp(x)[-3:] == 0).all().item() and mx.allclose(grad, cpu.exp(x)).item()
+        # never a subnormal (below float32's 1.18e-38), which stalls an Intel CPU 6x: 0 instead
+        low = cpu.exp(mx.linspace(-120, -80, 10_001))
+        assert not ((low > 0) & (low < 1.1754944e-38)).any().item()
+        assert (low[-1] / mx.exp(mx.array(-80.0)) - 1).abs().item() < 1e-3
         for dtype in (mx.bfloat16, mx.float16):  # computed in float32: as exact as the type allows
             low = x[:-3].astype(dtype)
             assert cpu.exp(low).dtype == dtype
             assert mx.allclose(cpu.exp(low), mx.exp(low), rtol=1e-2, atol=0).item()
 
 
-def test_cpu_softmax_silu_and_loss_equal_mlx_ones_with_gradients():
+def test_cpu_silu_and_loss_equal_mlx_ones_with_gradients():
     x = 8 * mx.random.normal((3, 5, 50), key=mx.random.key(0))
     x = mx.concatenate([x[..., :-2], mx.full((3, 5, 2), 100.0) * mx.array([-1.0, 1.0])],
                        axis=-1)  # e^100 overflows
     y = mx.random.randint(0, 50, (3, 5), key=mx.random.key(1))
     w = mx.random.normal((3, 5, 50), key=mx.random.key(2))
     v = mx.random.normal((3, 5), key=mx.random.key(3))
-    pairs = [(lambda x: (cpu.softmax(x) * w).sum(), lambda x: (mx.softmax(x, axis=-1) * w).sum()),
-             (lambda x: (cpu.silu(x) * w).sum(), lambda x: (nn.silu(x) * w).sum()),
+    pairs = [(lambda x: (cpu.silu(x) * w).sum(), lambda x: (nn.silu(x) * w).sum()),
              (lambda x: (cpu.cross_entropy(x, y) * v).sum(),
               lambda x: (nn.losses.cross_entropy(x, y) * v).sum())]
     with mx.stream(mx.cpu):
