@@ -97,7 +97,7 @@ def train_run(name, args, vocab_size, iters):
 
 def bench_train():
     runs = [("default", [], 4096, train_iters),
-            ("default, 1 thread", ["--threads=1"], 4096, train_iters),
+            ("default, 1 process", ["--workers=1"], 4096, train_iters),
             ("default, grad_checkpoint", ["--grad_checkpoint=True"], 4096, train_iters),
             ("nanoGPT-shaped", ["--dim=256", "--n_layers=6", "--n_heads=8", "--max_seq_len=256",
                                 "--batch_size=16"], 4096, train_iters)]

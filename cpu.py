@@ -2,9 +2,9 @@
 The CPU fast path: what makes training on MLX's CPU backend (Linux's mlx[cpu]) fast.
 
 On a GPU none of this runs. model.py takes attention, SiLU and the loss from here in one place, and
-train.py the worker threads, only when the default device is the CPU; every function here is tested
-against the MLX function it stands in for, values and gradients (tests/test_cpu.py). Why each
-exists (numbers in the README, "Speed"):
+train.py its worker processes, only when the default device is the CPU; every function here is
+tested against the MLX function it stands in for, values and gradients (tests/test_cpu.py). Why
+each exists (numbers in the README, "Speed"):
 
 - OpenBLAS: the Linux mlx[cpu] wheel links the reference BLAS, ~40x slower for fp32 matmuls.
   Loading OpenBLAS with RTLD_GLOBAL before mlx.core makes MLX's cblas_sgemm calls resolve to it.
@@ -15,17 +15,21 @@ exists (numbers in the README, "Speed"):
   were much of a step.
 - Chunked attention: MLX's CPU attention is not fused; it computes every score and then masks half
   away.
-- Worker threads: MLX runs each elementwise op of a CPU stream on one core; only matmuls use more.
+- Worker processes: MLX runs each elementwise op of a CPU stream on one core; only matmuls use
+  more.
 - A buffer cache as big as a step: MLX's default of 32 MB page-faulted every step's activations.
 """
 import ctypes
 from functools import partial
 import importlib.metadata
+import json
 import os
-import queue
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
-import threading
+import time
 
 
 def _locate(dist, match):
@@ -137,27 +141,34 @@ def _cpu_flags():
 
 
 _openblas = _load_openblas()  # first: this must run before mlx.core is imported
-from mlx import core as mx, nn, utils  # noqa: E402
+from mlx import core as mx  # noqa: E402
 
 ON_CPU = mx.default_device() == mx.cpu
 if ON_CPU:
     # MLX's CPU allocator keeps 32 MB of freed buffers for reuse; the rest of a step's hundreds of
     # MB went back to the OS, and came back a page fault at a time (docs/benchmarks.md)
     mx.set_cache_limit(mx.get_memory_limit() // 4)
+# A worker of run_workers' dies with the process that started it (Linux), as a single process
+# would: else a `kill -9` of train.py would leave its workers training on.
+_parent = os.environ.pop("WORKERS_PARENT_PID", None)
+if _parent and sys.platform == "linux":
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != int(_parent):  # it died before that
+        os._exit(128 + signal.SIGKILL)
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 CHUNK = 64  # queries per block of attention
 
 
-def worker_threads(batch_size, processes):
-    """train.py's threads=0: a worker thread per core, as many as divide batch_size; one on a GPU,
-    or where several processes share the machine (mlx.launch)."""
+def default_workers(batch_size, processes):
+    """train.py's workers=0: a worker process per core, as many as divide batch_size; one on a
+    GPU, or where mlx.launch started the processes."""
     if not ON_CPU or processes > 1:
         return 1
     return max(n for n in range(1, CORES + 1) if batch_size % n == 0)
 
 
 def set_blas_threads(n):
-    """Threads per matmul where OpenBLAS is loaded: the worker threads share the cores."""
+    """Threads per matmul where OpenBLAS is loaded (decoding runs faster on one)."""
     if _openblas is not None:
         _openblas.openblas_set_num_threads(n)
 
@@ -264,64 +275,63 @@ def attention(q, k, v, scale, mask=None):
     return _causal(q, k[:, :, None], v[:, :, None])[0].reshape(B, n_heads, L, hd)
 
 
-class Workers:
-    """nn.value_and_grad(model, loss_fn) with each batch split over n worker threads, a share of
-    the cores each: workers(model, *batch) -> (loss, gradients), and workers.loss(model, *batch).
+def run_workers(n):
+    """Run this script again as n processes that share each batch (train.py's workers), joined by
+    MLX's ring backend on 127.0.0.1, CORES // n OpenBLAS threads each, and wait for them. Returns
+    the status to exit with: a failed worker's, else 0.
 
-    Each thread has its own MLX stream (streams belong to the thread that made them) and its own
-    copy of the model's structure, made by make_model, holding the main model's weight arrays (no
-    copies: they are handed over before every call); while they run, OpenBLAS splits the cores.
-    The shares are rows share, share + n, ... of the batch; the results are their means, weighed
-    by their sizes.
+    Processes, not threads in one process: MLX's ops on two threads' streams slow each other
+    (1.1-1.6x a step), two processes' do not (docs/benchmarks.md). Signals to this process (Ctrl-C,
+    SIGTERM) reach each worker once, and they stop together. When one fails, the others get 10 s
+    to end, then are killed: they could be waiting for it in an all-reduce. Rank 0's stderr is
+    relayed as it comes; the others' only where they failed, and only what rank 0 did not say.
     """
-
-    def __init__(self, model, loss_fn, make_model, n, compile):
-        self.model, self.n, self.queues, self.replicas = model, n, [], []
-        for share in range(n):
-            jobs, results = queue.Queue(), queue.Queue()
-            replica = make_model()  # made here: MLX's random state is not for threads
-            self.replicas.append(replica)  # in the order of their shares of the batch
-            threading.Thread(target=self._work,
-                             args=(share, replica, loss_fn, compile, jobs, results),
-                             daemon=True).start()
-            self.queues.append((jobs, results))
-
-    def _work(self, share, replica, loss_fn, compile, jobs, results):
-        loss_and_grad = nn.value_and_grad(replica, loss_fn)
-        def step(*batch):
-            return loss_and_grad(replica, *batch)
-        if compile:
-            step = mx.compile(step, inputs=replica.state, outputs=replica.state)
-        with mx.stream(mx.new_stream(mx.cpu)):
-            for grads, batch in iter(jobs.get, None):
-                try:
-                    # the main thread waits meanwhile: these are current
-                    replica.update(self.model.parameters())
-                    # sliced here: this thread cannot run the main one's ops
-                    batch = [b[share::self.n] for b in batch]
-                    out = step(*batch) if grads else loss_fn(replica, *batch)
-                    mx.eval(out)
-                    results.put(out)
-                except BaseException as e:  # handed to the main thread, which raises it
-                    results.put(e)
-
-    def _run(self, grads, batch):  # batch: loss_fn's arrays after the model, split on axis 0
-        rows = len(batch[0])
-        sizes = [len(range(share, rows, self.n)) for share in range(self.n)]
-        busy = [q for q, size in zip(self.queues, sizes) if size]  # a small batch leaves some idle
-        set_blas_threads(max(1, CORES // self.n))
-        for jobs, _ in busy:
-            jobs.put((grads, batch))
-        outs = [results.get() for _, results in busy]
-        set_blas_threads(CORES)  # the update between batches (Muon's matmuls) gets them all
-        for out in outs:
-            if isinstance(out, BaseException):
-                raise out
-        weights = [size / rows for size in sizes if size]
-        return utils.tree_map(lambda *shares: sum(s * w for s, w in zip(shares, weights)), *outs)
-
-    def __call__(self, model, *batch):  # model: self.model, as nn.value_and_grad's function takes
-        return self._run(True, batch)
-
-    def loss(self, model, *batch):  # loss_fn's call, on the worker threads
-        return self._run(False, batch)
+    servers = [socket.create_server(("127.0.0.1", 0)) for _ in range(n)]  # a free port a rank
+    hosts = [[f"127.0.0.1:{s.getsockname()[1]}"] for s in servers]
+    for s in servers:
+        s.close()
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "hosts.json"), "w") as f:
+            json.dump(hosts, f)
+        env = {**os.environ, "MLX_HOSTFILE": f.name, "OPENBLAS_NUM_THREADS": str(CORES // n or 1),
+               "WORKERS_PARENT_PID": str(os.getpid())}
+        errs = [os.path.join(tmp, f"{rank}.err") for rank in range(n)]
+        procs = [subprocess.Popen([sys.executable, *sys.orig_argv[1:], f"--workers={n}"],
+                                  env={**env, "MLX_RANK": str(rank)}, stderr=open(errs[rank], "w"),
+                                  start_new_session=True)  # so Ctrl-C reaches them only from here
+                 for rank in range(n)]
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, lambda signum, _: [p.send_signal(signum) for p in procs])
+        status, deadline, relayed, killed = [None] * n, float("inf"), "", set()
+        with open(errs[0]) as rank0_err:
+            while None in status:
+                time.sleep(0.1)
+                for rank, p in enumerate(procs):
+                    if status[rank] is None and p.poll() is not None:
+                        status[rank] = p.returncode if p.returncode >= 0 else 128 - p.returncode
+                        if status[rank]:
+                            deadline = min(deadline, time.monotonic() + 10)
+                if time.monotonic() > deadline:
+                    killed |= {rank for rank in range(n) if status[rank] is None}
+                    for p in procs:
+                        p.kill()
+                text = rank0_err.read()  # after the statuses: the last read follows every exit
+                sys.stderr.write(text)
+                sys.stderr.flush()
+                relayed += text
+        texts = [relayed]
+        for path in errs[1:]:
+            with open(path) as f:
+                texts.append(f.read())
+    # Why the run stopped: each failure but those that followed another (a worker killed here, or
+    # one that lost its connection to a worker that had ended), in words that rank 0 did not say.
+    causes = [rank for rank in range(n) if status[rank] and rank not in killed
+              and "connection to a peer was lost" not in texts[rank]]  # MLX's ring says so
+    shown = set(relayed.splitlines(keepends=True))
+    for rank in [rank for rank in causes if rank]:
+        lines = [line for line in texts[rank].splitlines(keepends=True) if line not in shown]
+        if not texts[rank]:  # killed, say, by the out-of-memory killer
+            lines = [f"error: worker process {rank} of {n} ended with status {status[rank]}\n"]
+        sys.stderr.write("".join(lines))
+        shown.update(lines)
+    return status[causes[0]] if causes else max(status)

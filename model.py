@@ -30,10 +30,9 @@ cross_entropy = cpu.cross_entropy if cpu.ON_CPU else mx.fast.cross_entropy
 
 
 def dropout(x, p, key):
-    # nn.Dropout draws its masks from MLX's global random state, which worker threads share and a
-    # checkpoint does not hold; a key given with each step (train.py's) keeps the masks
-    # reproducible. No gradient flows into a key: the mx.checkpoint of grad_checkpoint would
-    # otherwise ask the random bits for one.
+    # nn.Dropout draws its masks from MLX's global random state, which a checkpoint does not hold;
+    # a key given with each step (train.py's) keeps the masks reproducible. No gradient flows into
+    # a key: the mx.checkpoint of grad_checkpoint would otherwise ask the random bits for one.
     if not p:
         return x
     keep = mx.random.bernoulli(1 - p, x.shape, key=None if key is None else mx.stop_gradient(key))

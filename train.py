@@ -11,6 +11,7 @@ for transformers and mlx-lm), out_dir/log.jsonl and out_dir/loss.svg.
     python train.py --max_minutes=10              # as many iterations as fit in 10 minutes
     mlx.launch -n 2 -- python train.py ...        # data parallel over processes or machines
 """
+import io
 import math
 import os
 import signal
@@ -59,7 +60,7 @@ tie_embeddings = True  # the output layer is the embedding, transposed
 rope_theta = 10000.0  # RoPE's base: longer contexts want a larger one
 norm_eps = 1e-5  # RMSNorm's epsilon
 # optimizer: AdamW (or Muon for the blocks' matrices), linear warmup, wsd (or cosine) to min_lr
-batch_size = 16  # windows per micro-step (per process)
+batch_size = 16  # windows per micro-step, shared by the worker processes (mlx.launch: each's)
 gradient_accumulation_steps = 1  # micro-steps per iteration: a bigger batch, same memory
 max_iters = 500  # iterations in all (an iteration: one optimizer step)
 max_minutes = 0.0  # >0: a wall-clock budget, which decides max_iters (iterations_that_fit)
@@ -81,14 +82,15 @@ seed = 1337  # the initial weights, every batch's windows, dropout's masks
 dtype = "auto"  # the pass's: float32, bfloat16, or auto (bfloat16 if native); weights stay float32
 compile = True  # mx.compile the training step
 grad_checkpoint = False  # recompute each block in the backward pass: less memory, more compute
-threads = 0  # CPU worker threads sharing each batch; 0: as many as cores (dividing batch_size)
-peak_flops = 0.0  # the device's matmul peak for MFU; 0 measures it at start
+workers = 0  # CPU processes sharing each batch; 0: one per core (dividing batch_size)
+peak_flops = 0.0  # the machine's matmul peak for MFU; 0 measures it at start
 # -----------------------------------------------------------------------------
-group = mx.distributed.init()  # a group of one unless started by mlx.launch
+group = mx.distributed.init()  # a group of one unless started by mlx.launch or as workers
 rank, world = group.rank(), group.size()
 master = rank == 0  # only rank 0 prints, logs and writes files
-settings = configure(globals(), echo=None if master else False)
-threads = threads or cpu.worker_threads(batch_size, world)
+overridden = io.StringIO()  # "Overriding:" lines, printed by the process that trains
+settings = configure(globals(), echo=overridden)
+workers = workers or cpu.default_workers(batch_size, world)
 check(globals(), [(name, globals()[name] >= 1, "at least 1") for name in (
     "batch_size", "gradient_accumulation_steps", "max_iters", "eval_interval", "eval_iters",
     "log_interval")] + [(name, globals()[name] >= 0, "at least 0") for name in (
@@ -102,11 +104,15 @@ check(globals(), [(name, globals()[name] >= 1, "at least 1") for name in (
     ("dtype", dtype in ("auto", "float32", "bfloat16"), "one of auto, float32, bfloat16"),
     ("learning_rate", optimizer != "muon" or learning_rate > 0,
      "above 0: Muon's rate follows its schedule, scaled"),
-    ("threads", threads >= 1 and batch_size % threads == 0 and (cpu.ON_CPU or threads == 1),
+    ("workers", workers >= 1 and batch_size % workers == 0 and (cpu.ON_CPU or workers == 1),
      f"a divisor of --batch_size={batch_size}, and 1 on a GPU")])
+if world == 1 and workers > 1:  # on the CPU: this script again, a process per share (cpu.py)
+    sys.exit(cpu.run_workers(workers))
+print(overridden.getvalue() if master else "", end="")
+share = batch_size // workers  # this process's windows per micro-step
 compute_dtype = auto_dtype() if dtype == "auto" else getattr(mx, dtype)
-tokens_per_iter = batch_size * gradient_accumulation_steps * world * max_seq_len
-settings.update(threads=threads, tokens_per_iter=tokens_per_iter,  # as run, for resumes, compare.py
+tokens_per_iter = share * gradient_accumulation_steps * world * max_seq_len
+settings.update(workers=workers, tokens_per_iter=tokens_per_iter,  # as run, for resumes, compare.py
                 dtype=str(compute_dtype).split(".")[-1])
 mx.random.seed(seed)
 
@@ -166,7 +172,7 @@ mx.eval(model.parameters())  # float32: the weights that the optimizer updates
 
 # Each target's weight in the loss, mean 1 over the windows: 1 for text; for chat, on the replies'
 # tokens only (ends: each window's first conversation only), so every share of a batch (micro-step,
-# process, worker thread) averages to the mean over the replies' tokens of the whole batch.
+# process) averages to the mean over the replies' tokens of the whole batch.
 def loss_weights(info, starts, ends=None):  # -> (windows, T)
     if not chat:
         return np.ones((len(starts), max_seq_len), np.float32)
@@ -184,10 +190,10 @@ def windows(data, starts, w):  # x, y: (B, T) tokens and their next ones, w: the
 # and the global batch is the same windows however micro-steps and processes cut it. An eval
 # takes one micro-step's (micro_steps=1), whatever gradient_accumulation_steps is.
 def get_batch(data, info, it, micro, micro_steps=gradient_accumulation_steps):
-    rng, n = np.random.default_rng([seed, it]), micro_steps * world * batch_size
+    rng, n = np.random.default_rng([seed, it]), micro_steps * world * share
     starts = rng.choice(info["fits"], n) if chat else rng.integers(0, len(data) - max_seq_len,
                                                                       size=n)
-    mine = slice((micro * world + rank) * batch_size, (micro * world + rank + 1) * batch_size)
+    mine = slice((micro * world + rank) * share, (micro * world + rank + 1) * share)
     return windows(data, starts[mine], loss_weights(info, starts)[mine])
 
 def loss_fn(model, x, y, w):
@@ -270,16 +276,12 @@ def iterations_that_fit(done):
         count = math.ceil(max(fit, done / at_peak if at_peak else 0))
     return int(from_master(mx.array(count)).item()) if world > 1 else count
 
-# the step: the gradients of a batch (worker threads share it on the CPU), then the update -------
+# the step: the gradients of this process's share of a batch, then the update -------------------
 flops_per_iter = model.flops_per_token(max_seq_len) * tokens_per_iter  # the group's, like tokens
-peak = peak_flops or measure_peak_flops(compute_dtype)  # before worker threads split the cores
+# each process's share: the workers' of a machine (measured at once, a core each) add up to it
+peak = peak_flops / workers if peak_flops else measure_peak_flops(compute_dtype)
 peak = mx.distributed.all_sum(mx.array(peak), group=group).item()
-if threads > 1:  # on the CPU, worker threads share each batch, a stream and cores each (cpu.py)
-    loss_and_grad = cpu.Workers(model, loss_fn, lambda: Model(args).set_training(
-        dropout, grad_checkpoint), threads, compile)
-    evaluate, replicas = loss_and_grad.loss, loss_and_grad.replicas
-else:
-    loss_and_grad, evaluate, replicas = nn.value_and_grad(model, loss_fn), loss_fn, []
+loss_and_grad = nn.value_and_grad(model, loss_fn)
 step = lambda *batch: loss_and_grad(model, *batch)  # noqa: E731 (x, y, w) -> (loss, gradients)
 
 def all_mean(x):  # mean over the processes of a scalar; a no-op alone
@@ -289,10 +291,10 @@ def gradients(it):  # -> the loss and the gradients of iteration it's global bat
     loss, grads = mx.array(0.0), None
     for micro in range(gradient_accumulation_steps):
         # A micro-step's dropout masks are a pure function of (seed, iteration, micro-batch,
-        # process, worker share), like its windows: a resume draws them again.
-        for share, m in enumerate((replicas or [model]) if dropout else []):
-            ids = [seed, it, micro * world + rank, share]
-            m.set_dropout_key(mx.random.key(int(np.random.default_rng(ids).integers(1 << 63))))
+        # process), like its windows: a resume draws them again.
+        if dropout:
+            ids = [seed, it, micro * world + rank]
+            model.set_dropout_key(mx.random.key(int(np.random.default_rng(ids).integers(1 << 63))))
         micro_loss, micro_grads = step(*get_batch(train_data, train_info, it, micro))
         grads = micro_grads if grads is None else tree_map(mx.add, grads, micro_grads)
         loss = loss + micro_loss
@@ -313,13 +315,13 @@ def update(grads):
 state = [model.state, opt.state]
 if compile:  # outputs=state too: compile must hand back real arrays for the traced ones of grads
     update = mx.compile(update, inputs=state, outputs=state)
-    step = step if threads > 1 else mx.compile(step, inputs=state, outputs=state)  # workers: own
+    step = mx.compile(step, inputs=state, outputs=state)
 
 # evals, samples and checkpoints ------------------------------------------------------------------
 def mean_loss(batches):  # over this process's batches, then over every process's
     total, count = mx.array(0.0), mx.array(0)
     for x, y, w in batches:
-        loss = evaluate(model, x, y, w)
+        loss = loss_fn(model, x, y, w)
         total, count = total + loss * len(x), count + len(x)
         mx.eval(total, count)  # one batch's activations in memory at a time
     return (all_mean(total) / all_mean(count)).item()
@@ -338,15 +340,11 @@ def check_finite(loss, done):
         sys.exit(f"error: the loss became {loss} at iteration {done}; {out_dir}/ keeps the last "
                  f"good checkpoint. Lower --learning_rate or raise --warmup_iters")
 
-def set_training(on):  # dropout only in training: evals and samples see the whole model
-    for m in [model, *replicas]:
-        m.train(on)
-
 # At each eval: the loss on both splits (the same windows every time, iterations past any run's
 # end), a sample, a checkpoint and loss.svg.
 def eval_and_save(done):
     global best_val_loss
-    set_training(False)
+    model.train(False)  # dropout only in training: evals and samples see the whole model
     train, val = (mean_loss(get_batch(data, info, (1 << 40) + k, 0, 1) for k in range(eval_iters))
                   for data, info in ((train_data, train_info), (val_data, val_info)))
     check_finite(val, done)  # the update may have broken the model: never save that
@@ -366,7 +364,7 @@ def eval_and_save(done):
             chat_format.CHAT_TEMPLATE if chat else None)
         print(f"saved {out_dir}/ (iteration {done})")
         folder.write("loss.svg", plot.loss_svg(folder.records(), tokens_per_iter, dataset).encode())
-    set_training(True)
+    model.train(True)
 
 stop_signal = 0  # Ctrl-C, or SIGTERM (a shutdown, `timeout`): finish the step, save and exit
 
@@ -388,9 +386,9 @@ if master:
     folder.open_log(start_iter, resume)
     print(f"model: {model.num_params() / 1e6:.2f}M parameters, {args.n_layers} layers, dim "
           f"{args.dim}, {args.n_heads} heads ({args.n_kv_heads} kv), vocab {args.vocab_size}, "
-          f"{compute_dtype}, {mx.default_device()}" + (f", {threads} threads" * (threads > 1)))
+          f"{compute_dtype}, {mx.default_device()}" + f", {workers} workers" * (workers > 1))
     print(f"data: {data_path}: {len(train_data):,} train, {len(val_data):,} val tokens")
-    print(f"global batch: {batch_size} x {gradient_accumulation_steps} accumulation x {world} "
+    print(f"global batch: {share} x {gradient_accumulation_steps} accumulation x {world} "
           f"processes x {max_seq_len} tokens = {tokens_per_iter:,} tokens/iter; iterations "
           f"{start_iter} -> {max_iters}")
 
@@ -414,11 +412,13 @@ while it < max_iters:
         if master:
             folder.log({"iter": done, "max_iters": fit},
                        f"max_minutes={max_minutes:g}: {fit:,} iterations fit; training until then")
-    if master and (done % log_interval == 0 or done == max_iters):
+    log_now = done % log_interval == 0 or done == max_iters
+    mem = all_mean(mx.array(mx.get_peak_memory() / 1e9)).item() * world if log_now else 0  # summed
+    if master and log_now:
         now = time.perf_counter()
         dt = (now - t_last) / (done - it_last)  # the first interval includes compiling the step
         t_last, it_last = now, done
-        tps, mfu, mem = tokens_per_iter / dt, flops_per_iter / dt / peak, mx.get_peak_memory() / 1e9
+        tps, mfu = tokens_per_iter / dt, flops_per_iter / dt / peak
         folder.log({"iter": done, "loss": loss, "lr": lr, "grad_norm": grad_norm.item(),
                     "tokens_per_sec": tps, "mfu": mfu, "peak_mem_gb": mem},
                    f"iter {done}/{max_iters}: loss {loss:.4f}, lr {lr:.2e}, {dt * 1000:.0f} "
@@ -435,11 +435,11 @@ while it < max_iters:
 # The end: the loss over every val token once (windows side by side, each predicting its tokens
 # from those before it in the window), the number to compare runs by, whichever windows the evals
 # drew. Chat: a window at each conversation, for its replies' tokens (those within max_seq_len).
-set_training(False)
+model.train(False)
 starts = val_info["starts"] if chat else np.arange((len(val_data) - 1) // max_seq_len) * max_seq_len
 w = loss_weights(val_info, starts, np.append(starts[1:], len(val_data)))
-loss = mean_loss(windows(val_data, starts[i:i + batch_size], w[i:i + batch_size])
-                 for i in range(rank * batch_size, len(starts), batch_size * world)
+loss = mean_loss(windows(val_data, starts[i:i + share], w[i:i + share])
+                 for i in range(rank * share, len(starts), share * world)
                  if not stop_signal)  # saved: a signal now only cuts this pass short
 if stop_signal:
     interrupted(stop_signal)

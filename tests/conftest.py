@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 import model  # noqa: E402, F401
 
 ON_CPU = model.cpu.ON_CPU
-# Tests of the CPU's own machinery (worker threads, OpenBLAS) skip on a GPU; every other test runs
+# Tests of the CPU's own machinery (worker processes, OpenBLAS) skip on a GPU; every other test runs
 # on any backend, and those that compare numbers pin --dtype=float32.
 cpu_only = pytest.mark.skipif(not ON_CPU, reason="the CPU fast path (cpu.py) runs on the CPU only")
 

@@ -1,5 +1,7 @@
 """cpu.py, the CPU fast path: OpenBLAS from pip alone, and each stand-in equal to the MLX function
 it replaces."""
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -130,19 +132,63 @@ def test_a_freed_buffer_bigger_than_mlxs_default_cache_is_kept_for_the_next_step
     assert mx.get_cache_memory() >= 64 << 20
 
 
-@pytest.mark.skipif(not ON_CPU or cpu._openblas is None, reason="OpenBLAS on the CPU only")
-def test_worker_threads_split_the_cores_only_while_they_run():
-    from model import Model, ModelArgs  # after cpu, as in the scripts
-    args = ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=32, max_seq_len=8)
-    threads = []
+# A script that cpu.run_workers runs again as 2 worker processes; each does what argv[1] says.
+WORKER = """
+import signal, sys, time
+sys.path.insert(0, {root!r})
+import cpu
+import mlx.core as mx
+if not any(arg.startswith("--workers=") for arg in sys.argv):
+    sys.exit(cpu.run_workers(2))
+group = mx.distributed.init()
+rank, total = group.rank(), mx.distributed.all_sum(mx.array(group.rank() + 1), group=group).item()
+blas = cpu._openblas.openblas_get_num_threads() if cpu._openblas else None
+say = lambda text: print(text + "\\n", end="", flush=True)  # one write: the ranks share stdout
+say(f"rank {{rank}} of {{group.size()}}: sum {{total}}, {{blas}} OpenBLAS threads")
+if sys.argv[1] == "same":  # every worker fails with the same message
+    sys.exit("error: the same on every rank")
+if sys.argv[1] == "fail" and rank == 1:
+    sys.exit("error: rank 1 alone failed")
+if sys.argv[1] == "fail":  # waits for rank 1, which never comes
+    mx.distributed.all_sum(mx.array(0), group=group).item()
+if sys.argv[1] == "signal":
+    got = []
+    signal.signal(signal.SIGINT, lambda *_: got.append(1))
+    say(f"rank {{rank}} waits")
+    while not got:
+        time.sleep(0.05)
+    time.sleep(1)  # a second SIGINT would arrive meanwhile
+    say(f"rank {{rank}} got {{len(got)}} SIGINT")
+    sys.exit(130)
+"""
 
-    def loss_fn(model, x):  # traced on each worker thread, after the split
-        threads.append(cpu._openblas.openblas_get_num_threads())
-        return model(x).sum()
-    model = Model(args)
-    mx.eval(model.parameters())  # made on this thread's stream, which the workers cannot run
-    workers = cpu.Workers(model, loss_fn, lambda: Model(args), 2, False)
-    workers(model, mx.array([[1] * 8] * 4))
-    # the update after a batch (Muon's matmuls) runs on the main thread with every core
-    assert threads == [max(1, cpu.CORES // 2)] * 2
-    assert cpu._openblas.openblas_get_num_threads() == cpu.CORES
+
+@cpu_only
+@pytest.mark.skipif(not mx.distributed.is_available(), reason="this MLX has no ring backend")
+def test_worker_processes_join_a_ring_share_the_cores_and_fail_and_stop_together(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER.format(root=str(ROOT)))
+
+    def start(mode):  # in a process group of its own, as a terminal's foreground job
+        return subprocess.Popen([sys.executable, str(script), mode], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    p = start("ok")
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    blas = max(1, cpu.CORES // 2) if cpu._openblas else None  # never more threads than cores
+    assert sorted(out.splitlines()) == [f"rank {r} of 2: sum 3, {blas} OpenBLAS threads"
+                                        for r in (0, 1)]
+    p = start("same")
+    out, err = p.communicate(timeout=60)
+    assert (p.returncode, err) == (1, "error: the same on every rank\n")  # said once
+    p = start("fail")  # rank 0 is stopped, and the status and reason are rank 1's
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 1 and err.splitlines()[-1] == "error: rank 1 alone failed", err
+    p = start("signal")  # Ctrl-C: a SIGINT to each process of the group; one reaches each worker
+    waiting = [p.stdout.readline() for _ in range(4)]
+    assert sum("waits" in line for line in waiting) == 2, waiting
+    os.killpg(p.pid, signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and sorted(out.splitlines()) == [
+        "rank 0 got 1 SIGINT", "rank 1 got 1 SIGINT"], out + err

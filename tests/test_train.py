@@ -1,6 +1,7 @@
 """train.py and generate.py as a user runs them: end to end, exact resume, Ctrl-C, NaN, and every
 bad input."""
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -126,7 +127,7 @@ def test_gradient_accumulation_gives_the_losses_of_the_bigger_batch(work):
     run("train.py", "--dataset=tiny", "--out_dir=big", "--max_iters=3", "--eval_interval=3", *TINY,
         "--batch_size=8", cwd=work)
     r = run("train.py", "--dataset=tiny", "--out_dir=accum", "--max_iters=3", "--eval_interval=3",
-            *TINY, "--batch_size=4", "--gradient_accumulation_steps=2", cwd=work)
+            *TINY, "--batch_size=4", "--gradient_accumulation_steps=2", "--workers=1", cwd=work)
     assert "4 x 2 accumulation x 1 processes x 32 tokens = 256 tokens/iter" in r.stdout
     big, accum = losses(work / "big"), losses(work / "accum")
     assert list(accum) == [1, 2, 3]
@@ -134,18 +135,47 @@ def test_gradient_accumulation_gives_the_losses_of_the_bigger_batch(work):
 
 
 @cpu_only
-def test_worker_threads_give_the_losses_and_gradients_of_one_thread(work):
+def test_worker_processes_give_the_losses_and_gradients_of_one_process(work):
     common = ["--dataset=tiny", "--max_iters=3", "--eval_interval=3", *TINY,
               "--gradient_accumulation_steps=2"]
-    run("train.py", "--out_dir=one_thread", "--threads=1", *common, cwd=work)
-    r = run("train.py", "--out_dir=four_threads", "--threads=4", *common, cwd=work)
-    assert "4 threads" in r.stdout
+    run("train.py", "--out_dir=one_worker", "--workers=1", *common, cwd=work)
+    r = run("train.py", "--out_dir=four_workers", "--workers=4", *common, cwd=work)
+    assert "4 workers" in r.stdout and "1 x 2 accumulation x 4 processes" in r.stdout
+    assert r.stdout.count("Overriding: dataset = 'tiny'") == 1 and r.stderr == ""  # once
     records = [[json.loads(line) for line in (work / d / "log.jsonl").read_text().splitlines()]
-               for d in ("one_thread", "four_threads")]
+               for d in ("one_worker", "four_workers")]
     for key in ("loss", "grad_norm", "val_loss"):
         one, four = ([r[key] for r in run_records if key in r] for run_records in records)
         assert len(four) == (1 if key == "val_loss" else 3) and \
             four == pytest.approx(one, rel=1e-5), key
+
+
+def children(pid):
+    """The processes that process pid started (Linux's /proc; none elsewhere)."""
+    return [int(c) for f in Path(f"/proc/{pid}/task").glob("*/children")
+            for c in f.read_text().split()]
+
+
+@cpu_only
+def test_a_worker_that_dies_stops_the_run_and_the_last_checkpoint_resumes(work):
+    p = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--dataset=tiny",
+                          "--out_dir=worker_died", "--max_iters=100000", "--eval_interval=2",
+                          "--workers=2", *TINY],
+                         cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in p.stdout:
+        if line.startswith("iter 3/"):
+            break
+    rank1 = [c for c in children(p.pid)
+             if b"MLX_RANK=1\0" in Path(f"/proc/{c}/environ").read_bytes()]
+    assert len(rank1) == 1
+    os.kill(rank1[0], signal.SIGKILL)  # as the out-of-memory killer would
+    out, err = p.communicate(timeout=120)  # rank 0 does not wait for it forever
+    assert p.returncode != 0 and "worker process 1 of 2 ended with status 137" in err, err
+    saved = json.loads((work / "worker_died" / "config.json").read_text())["train_state"]["iter"]
+    assert saved >= 2
+    r = run("train.py", "--dataset=tiny", "--out_dir=worker_died", f"--max_iters={saved + 1}",
+            "--eval_interval=2", "--init_from=resume", *TINY, cwd=work)
+    assert f"iterations {saved} -> {saved + 1}" in r.stdout
 
 
 def test_ctrl_c_saves_a_checkpoint_that_resumes(work):
@@ -202,8 +232,8 @@ def test_bad_inputs_get_one_line_errors(work, tmp_path):
     assert "--out_dir='' must be a folder" in error_line(r)
     r = run("train.py", "--dataset=tiny", "--eval_interval=0", cwd=work, ok=False)
     assert "--eval_interval=0 must be at least 1" in error_line(r)
-    r = run("train.py", "--dataset=tiny", "--threads=3", *TINY, cwd=work, ok=False)
-    assert "--threads=3 must be a divisor of --batch_size=4" in error_line(r)
+    r = run("train.py", "--dataset=tiny", "--workers=3", *TINY, cwd=work, ok=False)
+    assert "--workers=3 must be a divisor of --batch_size=4" in error_line(r)
     r = run("train.py", "--dataset=tiny", "--out_dir=e2e", "--init_from=resume", "--max_iters=30",
             *TINY, cwd=work, ok=False)
     assert "already at iteration 30; to train on, raise --max_iters" in error_line(r)
@@ -248,7 +278,7 @@ def test_bfloat16_trains_on_float32_master_weights(work):
     # the weights and AdamW's moments in float32. So its losses track a float32 run's, and an update
     # far below bfloat16's resolution (1e-6 against weights of ~0.02, whose bfloat16 step is ~1e-4)
     # is not rounded away.
-    common = ["--dataset=tiny", "--max_iters=5", "--eval_interval=5", *TINY, "--threads=1",
+    common = ["--dataset=tiny", "--max_iters=5", "--eval_interval=5", *TINY, "--workers=1",
               "--peak_flops=1e12"]
     run("train.py", "--out_dir=fp32", *common, cwd=work)
     run("train.py", "--out_dir=bf16", *common, "--dtype=bfloat16", cwd=work)
@@ -341,7 +371,7 @@ def records_of(out_dir):
     return [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
 
 
-def test_muon_resumes_exactly_and_splits_batches_like_one_thread(work):
+def test_muon_resumes_exactly_and_splits_batches_like_one_process(work):
     common = ["--dataset=tiny", "--eval_interval=4", "--lr_decay_iters=8", *TINY]
     run("train.py", "--out_dir=muon_straight", "--max_iters=8", "--optimizer=muon", *common,
         cwd=work)
@@ -384,22 +414,22 @@ def test_muon_resumes_exactly_and_splits_batches_like_one_thread(work):
                            rtol=1e-4, atol=1e-9).item(), name
 
     split = ["--dataset=tiny", "--max_iters=3", "--eval_interval=3", "--optimizer=muon", *TINY]
-    run("train.py", "--out_dir=muon_big", "--threads=1", *split, "--batch_size=8", cwd=work)
-    run("train.py", "--out_dir=muon_accum", "--threads=1", *split,
+    run("train.py", "--out_dir=muon_big", "--workers=1", *split, "--batch_size=8", cwd=work)
+    run("train.py", "--out_dir=muon_accum", "--workers=1", *split,
         "--gradient_accumulation_steps=2", cwd=work)
-    if ON_CPU:  # worker threads are the CPU's
-        run("train.py", "--out_dir=muon_threads", "--threads=2", *split,
+    if ON_CPU:  # worker processes are the CPU's
+        run("train.py", "--out_dir=muon_workers", "--workers=2", *split,
             "--gradient_accumulation_steps=2", cwd=work)
-    runs = [records_of(work / d) for d in ("muon_big", "muon_accum", "muon_threads")
+    runs = [records_of(work / d) for d in ("muon_big", "muon_accum", "muon_workers")
             if (work / d).exists()]
     for key in ("loss", "grad_norm", "val_loss"):
         values = [[r[key] for r in rs if key in r] for rs in runs]
         # an eval's batches are batch_size windows: the big run's are other windows
         if key != "val_loss":
             assert values[1] == pytest.approx(values[0], rel=1e-5), key
-        for threads in values[2:]:
-            assert len(threads) == (1 if key == "val_loss" else 3) and \
-                threads == pytest.approx(values[1], rel=1e-5)
+        for workers in values[2:]:
+            assert len(workers) == (1 if key == "val_loss" else 3) and \
+                workers == pytest.approx(values[1], rel=1e-5)
 
 
 def test_wsd_holds_the_peak_then_decays_linearly_to_min_lr_in_the_cooldown(work):
@@ -519,7 +549,10 @@ def test_one_run_per_out_dir_and_sigterm_saves_like_ctrl_c(work):
             break
     for args in ([], ["--init_from=resume"]):  # a new run, or a resume, of the folder in use
         r = run("train.py", "--dataset=tiny", "--out_dir=busy", *args, *TINY, cwd=work, ok=False)
-        assert f"busy/ is in use by another train.py (process {p.pid})" in error_line(r)
+        message = error_line(r)  # the process that holds it: this one, or its rank 0 worker
+        holder = int(message.split("train.py (process ")[1].split(")")[0])
+        assert "busy/ is in use by another train.py" in message and \
+            holder in (p.pid, *children(p.pid))
     p.send_signal(signal.SIGTERM)  # a shutdown, `timeout`, a scheduler's time limit
     out, err = p.communicate(timeout=120)
     assert p.returncode == 128 + signal.SIGTERM, err

@@ -53,7 +53,7 @@ ONE_THREAD = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
 DEFAULT_THREADS = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
 MODEL = [f"--dim={dim}", f"--n_layers={n_layers}", f"--n_heads={n_heads}",
          f"--max_seq_len={max_seq_len}", f"--dataset={dataset}",
-         f"--data_dir={os.path.abspath(data_dir)}"]
+         f"--data_dir={os.path.abspath(data_dir)}", "--workers=1"]  # train.py's own: none
 
 
 def time_allreduce():

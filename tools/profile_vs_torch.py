@@ -3,8 +3,8 @@ Where a training step's time goes, ours against nanoGPT's PyTorch, part by part,
 shape: the whole step, then each part alone (forward and backward, compiled as train.py compiles,
 best of `repeat`; "the rest" is what the parts leave of the forward and backward: embedding, RoPE,
 residual adds, reshapes), and what each part adds to the difference. Default: per core, one thread
-each and a worker thread's share of nanoGPT's batch of 16, as train.py runs a worker a core;
-`--threads=2 --batch_size=16` runs ours without worker threads, its elementwise ops on one core.
+each and a worker's share of nanoGPT's batch of 16, as train.py runs a worker process a core;
+`--threads=2 --batch_size=16` runs ours in one process, its elementwise ops on one core.
 
 Each side runs in its own process (MLX with OpenBLAS, PyTorch with its MKL), one after the other:
 run nothing else meanwhile. Needs torch (requirements-dev.txt) and nanoGPT's model.py
