@@ -150,6 +150,15 @@ def test_worker_processes_give_the_losses_and_gradients_of_one_process(work):
             four == pytest.approx(one, rel=1e-5), key
 
 
+def resumes(work, out_dir):
+    """Resume work/out_dir for two more iterations; returns the iteration its checkpoint held."""
+    saved = json.loads((work / out_dir / "config.json").read_text())["train_state"]["iter"]
+    r = run("train.py", "--dataset=tiny", f"--out_dir={out_dir}", f"--max_iters={saved + 2}",
+            "--eval_interval=100000", "--init_from=resume", *TINY, cwd=work)
+    assert f"iterations {saved} -> {saved + 2}" in r.stdout
+    return saved
+
+
 def children(pid):
     """The processes that process pid started (Linux's /proc; none elsewhere)."""
     return [int(c) for f in Path(f"/proc/{pid}/task").glob("*/children")
@@ -171,11 +180,7 @@ def test_a_worker_that_dies_stops_the_run_and_the_last_checkpoint_resumes(work):
     os.kill(rank1[0], signal.SIGKILL)  # as the out-of-memory killer would
     out, err = p.communicate(timeout=120)  # rank 0 does not wait for it forever
     assert p.returncode != 0 and "worker process 1 of 2 ended with status 137" in err, err
-    saved = json.loads((work / "worker_died" / "config.json").read_text())["train_state"]["iter"]
-    assert saved >= 2
-    r = run("train.py", "--dataset=tiny", "--out_dir=worker_died", f"--max_iters={saved + 1}",
-            "--eval_interval=2", "--init_from=resume", *TINY, cwd=work)
-    assert f"iterations {saved} -> {saved + 1}" in r.stdout
+    assert resumes(work, "worker_died") >= 2
 
 
 def test_ctrl_c_saves_a_checkpoint_that_resumes(work):
@@ -191,11 +196,7 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(work):
     assert p.returncode == 130, err
     assert "resume with python train.py --out_dir=interrupted --init_from=resume" in out
     assert "Traceback" not in err
-    saved = json.loads((work / "interrupted" / "config.json").read_text())["train_state"]["iter"]
-    assert saved >= 3
-    r = run("train.py", "--dataset=tiny", "--out_dir=interrupted", f"--max_iters={saved + 2}",
-            "--eval_interval=100000", "--init_from=resume", *TINY, cwd=work)
-    assert f"iterations {saved} -> {saved + 2}" in r.stdout
+    assert resumes(work, "interrupted") >= 3
 
 
 def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(work):
@@ -558,11 +559,7 @@ def test_one_run_per_out_dir_and_sigterm_saves_like_ctrl_c(work):
     assert p.returncode == 128 + signal.SIGTERM, err
     assert "resume with python train.py --out_dir=busy --init_from=resume" in out
     assert "Traceback" not in err
-    saved = json.loads((work / "busy" / "config.json").read_text())["train_state"]["iter"]
-    assert saved >= 3
-    r = run("train.py", "--dataset=tiny", "--out_dir=busy", f"--max_iters={saved + 2}",
-            "--eval_interval=100000", "--init_from=resume", *TINY, cwd=work)  # the lock is free
-    assert f"iterations {saved} -> {saved + 2}" in r.stdout
+    assert resumes(work, "busy") >= 3  # the lock is free
 
 
 def test_the_levers_bad_values_get_one_line_errors(work):
