@@ -238,7 +238,7 @@ for r in results.get("train", []):
     print(f"train {r['name']:<24} {r['params_m']:6.2f}M params {r['tokens_per_sec']:8,.0f} tok/s  "
           f"MFU {r['mfu']:5.1%}  peak mem {r['peak_mem_gb']:.2f} GB")
 if "split" in results:
-    print(f"one training step, not compiled, no worker threads ({results['split']['shape']}):")
+    print(f"one training step, not compiled, no worker processes ({results['split']['shape']}):")
     for k, v in results["split"]["seconds"].items():
         print(f"  {k:<28} {v * 1000:8.1f} ms")
 if "memory" in results:

@@ -150,7 +150,7 @@ if ON_CPU:
     mx.set_cache_limit(mx.get_memory_limit() // 4)
 # A worker of run_workers' dies with the process that started it (Linux), as a single process
 # would: else a `kill -9` of train.py would leave its workers training on.
-_parent = os.environ.pop("WORKERS_PARENT_PID", None)
+_parent = os.environ.pop("WORKERS_PARENT_PID", None)  # set by run_workers for its workers
 if _parent and sys.platform == "linux":
     ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
     if os.getppid() != int(_parent):  # it died before that
@@ -160,8 +160,10 @@ CHUNK = 64  # queries per block of attention
 
 
 def default_workers(batch_size, processes):
-    """train.py's workers=0: a worker process per core, as many as divide batch_size; one on a
-    GPU, or where mlx.launch started the processes."""
+    """train.py's workers=0: a worker process per core, as many as divide batch_size; in a worker
+    that run_workers started, all the processes; one on a GPU, or where mlx.launch started them."""
+    if _parent:
+        return processes
     if not ON_CPU or processes > 1:
         return 1
     return max(n for n in range(1, CORES + 1) if batch_size % n == 0)
@@ -296,7 +298,7 @@ def run_workers(n):
         env = {**os.environ, "MLX_HOSTFILE": f.name, "OPENBLAS_NUM_THREADS": str(CORES // n or 1),
                "WORKERS_PARENT_PID": str(os.getpid())}
         errs = [os.path.join(tmp, f"{rank}.err") for rank in range(n)]
-        procs = [subprocess.Popen([sys.executable, *sys.orig_argv[1:], f"--workers={n}"],
+        procs = [subprocess.Popen([sys.executable, *sys.orig_argv[1:]],
                                   env={**env, "MLX_RANK": str(rank)}, stderr=open(errs[rank], "w"),
                                   start_new_session=True)  # so Ctrl-C reaches them only from here
                  for rank in range(n)]

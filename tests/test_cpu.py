@@ -134,11 +134,11 @@ def test_a_freed_buffer_bigger_than_mlxs_default_cache_is_kept_for_the_next_step
 
 # A script that cpu.run_workers runs again as 2 worker processes; each does what argv[1] says.
 WORKER = """
-import signal, sys, time
+import os, signal, sys, time
 sys.path.insert(0, {root!r})
 import cpu
 import mlx.core as mx
-if not any(arg.startswith("--workers=") for arg in sys.argv):
+if "MLX_RANK" not in os.environ:  # the script as started: it starts its workers
     sys.exit(cpu.run_workers(2))
 group = mx.distributed.init()
 rank, total = group.rank(), mx.distributed.all_sum(mx.array(group.rank() + 1), group=group).item()

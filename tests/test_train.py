@@ -189,6 +189,7 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(work):
                           *TINY],
                          cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in p.stdout:
+        assert not line.startswith("Overriding: workers")  # its workers echo only what was typed
         if line.startswith("iter 3/"):
             p.send_signal(signal.SIGINT)
             break
