@@ -141,7 +141,7 @@ def _cpu_flags():
 
 
 _openblas = _load_openblas()  # first: this must run before mlx.core is imported
-from mlx import core as mx  # noqa: E402
+from mlx import core as mx, optimizers as optim  # noqa: E402
 
 ON_CPU = mx.default_device() == mx.cpu
 if ON_CPU:
@@ -275,6 +275,21 @@ def attention(q, k, v, scale, mask=None):
     # query heads grouped by their kv head
     q = (q * scale).reshape(B, k.shape[1], n_heads // k.shape[1], L, hd)
     return _causal(q, k[:, :, None], v[:, :, None])[0].reshape(B, n_heads, L, hd)
+
+
+class WorkersMuon(optim.Muon):
+    """Muon with its Newton-Schulz iterations shared out over run_workers' processes: in each
+    update, the process of rank r orthogonalises the matrices r, r + n, ... and an all-reduce hands
+    every process all of them (a sum with zeros: exact). Two workers, a core each: the update took
+    258-263 ms with each computing all, 165-166 shared (docs/benchmarks.md)."""
+
+    matrices = 0  # orthogonalised so far: every process counts them in the same order
+
+    def _zeropower_via_newtonschulz5(self, X, steps):
+        group, self.matrices = mx.distributed.init(), self.matrices + 1
+        mine = self.matrices % group.size() == group.rank()
+        return mx.distributed.all_sum(super()._zeropower_via_newtonschulz5(X, steps) if mine
+                                      else mx.zeros_like(X), group=group)
 
 
 def run_workers(n):

@@ -216,12 +216,12 @@ def adamw(wd):
 
 if optimizer == "muon":
     # Muon orthogonalises the update of each matrix in the blocks (the rest is AdamW's, as Muon's
-    # authors do). No weight decay: MLX's adds it to the gradient, and orthogonalised it would
-    # outweigh the small gradients of q and k (docs/quality.md).
-    opt = optim.MultiOptimizer(
-        [optim.Muon(muon_learning_rate, weight_decay=0.0), adamw(weight_decay), adamw(0.0)],
-        [lambda path, p: path.startswith("model.layers.") and p.ndim == 2,
-         lambda _, p: p.ndim >= 2])
+    # authors do; worker processes share the matrices out). No weight decay: MLX's adds it to the
+    # gradient, and orthogonalised it would outweigh q's and k's small gradients (docs/quality.md).
+    muon = (cpu.WorkersMuon if workers > 1 else optim.Muon)(muon_learning_rate, weight_decay=0.0)
+    opt = optim.MultiOptimizer([muon, adamw(weight_decay), adamw(0.0)],
+                               [lambda path, p: path.startswith("model.layers.") and p.ndim == 2,
+                                lambda _, p: p.ndim >= 2])
 else:  # weight decay on the matrices, none on the norms' gains
     opt = optim.MultiOptimizer([adamw(weight_decay), adamw(0.0)], [lambda _, p: p.ndim >= 2])
 opt.init(model.trainable_parameters())
